@@ -1,0 +1,179 @@
+"""What a listener hears: a mixer of translated and original speech, and the
+clock-paced track that sends it as 20 ms frames."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from media.audio import (
+    OUTPUT_RATE,
+    SAMPLES_PER_FRAME,
+    Pcm,
+    mix,
+    output_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+# Translated speech arrives in bursts faster than real time, so its queue must
+# hold a whole phrase; past this it drops the oldest audio.
+TRANSLATED_CAPACITY_S = 20.0
+# The original voice is live: keep at most this much so it never lags behind.
+ORIGINAL_CAPACITY_S = 0.1
+# Gains of the original voice under translated speech, as interpreters duck it:
+# lower while the translation speaks, a little louder in its pauses.
+DUCK_GAIN_SPEAKING = 0.2
+DUCK_GAIN_PAUSE = 0.5
+SPEAKING_RMS = 300.0
+# A track more than this far behind its clock resynchronises instead of
+# sending a burst of frames to catch up.
+MAX_LATE_S = 0.2
+
+
+class SampleQueue:
+    """A bounded FIFO of mono int16 samples that drops the oldest when full."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._chunks: deque[Pcm] = deque()
+        self._size = 0
+        self.dropped_samples = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, pcm: Pcm) -> None:
+        if pcm.size == 0:
+            return
+        if pcm.size > self.capacity:
+            self.dropped_samples += pcm.size - self.capacity
+            pcm = pcm[-self.capacity :]
+        self._chunks.append(pcm)
+        self._size += pcm.size
+        overflow = self._size - self.capacity
+        if overflow > 0:
+            self.dropped_samples += overflow
+            self._discard(overflow)
+
+    def pull(self, count: int) -> tuple[Pcm, int]:
+        """Take up to `count` samples, zero-padded; also return how many were real."""
+        out = np.zeros(count, dtype=np.int16)
+        filled = 0
+        while filled < count and self._chunks:
+            chunk = self._chunks[0]
+            take = min(count - filled, chunk.size)
+            out[filled : filled + take] = chunk[:take]
+            filled += take
+            if take == chunk.size:
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[take:]
+        self._size -= filled
+        return out, filled
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._size = 0
+
+    def _discard(self, count: int) -> None:
+        while count > 0 and self._chunks:
+            chunk = self._chunks[0]
+            if chunk.size <= count:
+                self._chunks.popleft()
+                count -= chunk.size
+                self._size -= chunk.size
+            else:
+                self._chunks[0] = chunk[count:]
+                self._size -= count
+                count = 0
+
+
+class ListenerMixer:
+    """The audio one listener hears, fed by the partner's direction.
+
+    Translated speech plays at full volume. The original voice plays at
+    `original_gain`: 1.0 when there is no translation, ducked under the
+    translation when the listener asked to hear it, and 0 otherwise.
+    """
+
+    def __init__(self) -> None:
+        self.translated = SampleQueue(int(TRANSLATED_CAPACITY_S * OUTPUT_RATE))
+        self.original = SampleQueue(int(ORIGINAL_CAPACITY_S * OUTPUT_RATE))
+        self.original_mode = "full"  # "full", "ducked" or "off"
+        self.frames_pulled = 0
+        self.translated_underruns = 0
+
+    def push_translated(self, pcm: Pcm) -> None:
+        self.translated.push(pcm)
+
+    def push_original(self, pcm: Pcm) -> None:
+        if self.original_mode == "off":
+            return
+        self.original.push(pcm)
+
+    def set_original_mode(self, mode: str) -> None:
+        if mode not in ("full", "ducked", "off"):
+            raise ValueError(f"unknown original voice mode {mode!r}")
+        self.original_mode = mode
+        if mode == "off":
+            self.original.clear()
+
+    def reset(self) -> None:
+        """Forget queued audio, for a new media connection."""
+        self.translated.clear()
+        self.original.clear()
+
+    def pull_frame(self) -> Pcm:
+        self.frames_pulled += 1
+        translated, _ = self.translated.pull(SAMPLES_PER_FRAME)
+        if self.original_mode == "off" or len(self.original) == 0:
+            return translated
+        original, _ = self.original.pull(SAMPLES_PER_FRAME)
+        if self.original_mode == "full":
+            return mix(translated, original, 1.0)
+        speaking = float(np.sqrt(np.mean(translated.astype(np.float32) ** 2)))
+        gain = DUCK_GAIN_SPEAKING if speaking > SPEAKING_RMS else DUCK_GAIN_PAUSE
+        return mix(translated, original, gain)
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    """Send a mixer's audio as 20 ms, 48 kHz mono frames paced by the clock.
+
+    The clock, not the producer, decides when a frame goes out: a burst of
+    translated audio waits in the mixer, and an empty mixer yields silence.
+    """
+
+    kind = "audio"
+
+    def __init__(self, mixer: ListenerMixer) -> None:
+        super().__init__()
+        self._mixer = mixer
+        self._start: float | None = None
+        self._pts = 0
+        self.late_resyncs = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._pts += SAMPLES_PER_FRAME
+            delay = self._start + self._pts / OUTPUT_RATE - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -MAX_LATE_S:
+                self.late_resyncs += 1
+                self._start = now - self._pts / OUTPUT_RATE
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("outbound track %.0f ms late, resynced", -delay * 1000)
+        return output_frame(self._mixer.pull_frame(), self._pts)

@@ -1,0 +1,146 @@
+"""A participant's WebRTC media connection, terminated by aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from media.outbound import ListenerMixer, OutboundAudioTrack
+from media.sdp import BadSdp, check_offer
+
+logger = logging.getLogger(__name__)
+
+FrameConsumer = Callable[[av.AudioFrame], None]
+
+
+class InboundTap:
+    """Where a participant's decoded microphone frames go.
+
+    The tap outlives media connections: a new offer feeds the same tap, so
+    whoever listens (a call direction) does not notice the switch. Frames
+    with no consumer are dropped, so a participant waiting for a partner
+    costs no memory.
+    """
+
+    def __init__(self) -> None:
+        self.consumer: FrameConsumer | None = None
+        self.frames = 0
+        self.dropped = 0
+        self.last_frame_at: float | None = None
+
+    def deliver(self, frame: av.AudioFrame) -> None:
+        self.frames += 1
+        self.last_frame_at = asyncio.get_running_loop().time()
+        if self.consumer is None:
+            self.dropped += 1
+            return
+        self.consumer(frame)
+
+
+class MediaLeg:
+    """One `RTCPeerConnection` answering one client offer."""
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[dict[str, Any]],
+        mixer: ListenerMixer,
+        tap: InboundTap,
+        on_failed: Callable[[], None] | None = None,
+    ) -> None:
+        servers = [
+            RTCIceServer(
+                urls=entry["urls"],
+                username=entry.get("username"),
+                credential=entry.get("credential"),
+            )
+            for entry in ice_servers
+        ]
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self._mixer = mixer
+        self._tap = tap
+        self._on_failed = on_failed
+        self._pump: asyncio.Task[None] | None = None
+        self._closed = False
+        self._pc.on("track", self._on_track)
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def connection_state(self) -> str:
+        return str(self._pc.connectionState)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the client's offer and return the answer SDP with candidates."""
+        check_offer(offer_sdp)
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=offer_sdp, type="offer")
+            )
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise BadSdp(f"The offer could not be applied: {exc}") from exc
+        audio = [t for t in self._pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            raise BadSdp("The offer has no audio section.")
+        self._mixer.reset()
+        self._pc.addTrack(OutboundAudioTrack(self._mixer))
+        answer = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(answer)
+        return str(self._pc.localDescription.sdp)
+
+    async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
+        """Add a trickled candidate; null (end of candidates) needs nothing."""
+        if candidate is None or not candidate.get("candidate"):
+            return
+        text = str(candidate["candidate"])
+        if text.startswith("candidate:"):
+            text = text[len("candidate:") :]
+        try:
+            parsed = candidate_from_sdp(text)
+        except (ValueError, IndexError) as exc:
+            raise BadSdp(f"The ICE candidate is invalid: {exc}") from exc
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await self._pc.addIceCandidate(parsed)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        await self._pc.close()
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind != "audio" or self._pump is not None:
+            return
+        self._pump = asyncio.create_task(self._pump_frames(track), name="inbound-pump")
+
+    async def _pump_frames(self, track: Any) -> None:
+        """Read every decoded frame, so aiortc's unbounded queue stays empty."""
+        try:
+            while True:
+                frame = await track.recv()
+                self._tap.deliver(frame)
+        except MediaStreamError:
+            logger.debug("inbound track ended")
+        except Exception:
+            logger.exception("inbound audio pump failed")
+
+    async def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        logger.info("media connection state: %s", state)
+        if state == "failed" and self._on_failed is not None and not self._closed:
+            self._on_failed()

@@ -1,0 +1,210 @@
+"""Settings read once from the environment and `.env` at start-up."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dotenv import dotenv_values
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Documentation of one environment variable, used by `--help`."""
+
+    name: str
+    default: str
+    help: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Typed, validated server configuration."""
+
+    host: str = "0.0.0.0"
+    port: int = 3000
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    translation_model: str = "gpt-realtime-translate"
+    realtime_transcription_model: str = "gpt-realtime-whisper"
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    max_message_bytes: int = 65536
+    caption_final_ms: int = 1000
+    ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def translation_enabled(self) -> bool:
+        """Whether an upstream translation service is reachable with credentials.
+
+        A base URL without a key is a self-hosted server that needs none.
+        """
+        return bool(self.openai_api_key) or bool(self.openai_base_url)
+
+    @property
+    def api_key_for_sdk(self) -> str:
+        return self.openai_api_key or "no-key-required"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], env_file: Path | None = None
+    ) -> Settings:
+        """Build settings from `environ`, falling back to values in `env_file`.
+
+        Variables set in the environment win over the file. Raises SettingsError
+        naming the variable and its accepted values when one is invalid.
+        """
+        values: dict[str, str] = {}
+        if env_file is not None and env_file.is_file():
+            for key, value in dotenv_values(env_file).items():
+                if value is not None:
+                    values[key] = value
+        values.update(environ)
+        return cls._parse(values)
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str]) -> Settings:
+        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            return parse(name, raw)
+
+        return cls(
+            host=get("HOST", _text, cls.host),
+            port=get("PORT", _int_range(1, 65535), cls.port),
+            openai_api_key=get("OPENAI_API_KEY", _text, None),
+            openai_base_url=get("OPENAI_BASE_URL", _url, None),
+            translation_model=get("TRANSLATION_MODEL", _text, cls.translation_model),
+            realtime_transcription_model=get(
+                "REALTIME_TRANSCRIPTION_MODEL",
+                _text,
+                cls.realtime_transcription_model,
+            ),
+            cors_origins=get("CORS_ORIGINS", _csv, ()),
+            log_level=get("LOG_LEVEL", _log_level, cls.log_level),
+            max_message_bytes=get(
+                "MAX_MESSAGE_BYTES", _int_range(256, 1024 * 1024), 65536
+            ),
+            caption_final_ms=get("CAPTION_FINAL_MS", _int_range(100, 60_000), 1000),
+            ice_servers=get("ICE_SERVERS", _ice_servers, ()),
+        )
+
+
+SETTINGS_HELP: tuple[Setting, ...] = (
+    Setting("HOST", "0.0.0.0", "address the HTTP server listens on"),
+    Setting("PORT", "3000", "TCP port of the HTTP server"),
+    Setting("OPENAI_API_KEY", "", "API key; without it translation is off"),
+    Setting(
+        "OPENAI_BASE_URL",
+        "",
+        "OpenAI-compatible API base URL, for example http://127.0.0.1:8000/v1",
+    ),
+    Setting("TRANSLATION_MODEL", "gpt-realtime-translate", "Realtime model"),
+    Setting(
+        "REALTIME_TRANSCRIPTION_MODEL",
+        "gpt-realtime-whisper",
+        "model that transcribes the speaker for the original-language captions",
+    ),
+    Setting(
+        "CORS_ORIGINS",
+        "",
+        "comma-separated extra origins allowed to open /ws and read /api; * for any",
+    ),
+    Setting("LOG_LEVEL", "INFO", "one of " + ", ".join(LOG_LEVELS)),
+    Setting("MAX_MESSAGE_BYTES", "65536", "largest signaling message accepted"),
+    Setting(
+        "CAPTION_FINAL_MS",
+        "1000",
+        "milliseconds without new caption text before an utterance is final",
+    ),
+    Setting(
+        "ICE_SERVERS",
+        "",
+        'JSON list of STUN/TURN servers, as for RTCPeerConnection: [{"urls": ...}]',
+    ),
+)
+
+assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settings)}, (
+    "every setting needs a help entry"
+)
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _int_range(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise SettingsError(
+                f"{name}={raw!r} is invalid: expected an integer from {low} to {high}"
+            )
+        return value
+
+    return parse
+
+
+def _url(name: str, raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: expected an http:// or https:// URL"
+        )
+    return raw.rstrip("/")
+
+
+def _csv(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: expected one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def _ice_servers(name: str, raw: str) -> tuple[dict[str, Any], ...]:
+    hint = 'expected a JSON list like [{"urls": "stun:stun.example.org:3478"}]'
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise SettingsError(f"{name} is invalid JSON: {hint}") from None
+    if not isinstance(value, list):
+        raise SettingsError(f"{name} is invalid: {hint}")
+    servers: list[dict[str, Any]] = []
+    for entry in value:
+        urls = entry.get("urls") if isinstance(entry, dict) else None
+        url_list = [urls] if isinstance(urls, str) else urls
+        if not isinstance(url_list, list) or not url_list:
+            raise SettingsError(f"{name} has an entry without urls: {hint}")
+        for url in url_list:
+            if not isinstance(url, str) or not url.startswith(
+                ("stun:", "stuns:", "turn:", "turns:")
+            ):
+                raise SettingsError(
+                    f"{name} has an invalid url {url!r}: expected stun:, stuns:, "
+                    "turn: or turns:"
+                )
+        for key in ("username", "credential"):
+            if key in entry and not isinstance(entry[key], str):
+                raise SettingsError(f"{name}: {key} must be a string")
+        servers.append(dict(entry))
+    return tuple(servers)

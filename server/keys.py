@@ -1,0 +1,16 @@
+"""Typed keys of the state stored on the aiohttp application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from server.config import Settings
+from signaling.hub import Hub
+
+SETTINGS = web.AppKey("settings", Settings)
+HUB = web.AppKey("hub", Hub)
+STARTED_AT = web.AppKey("started_at", float)
+ENGINE_NAME = web.AppKey("engine_name", str)
+PUBLIC_DIR = web.AppKey("public_dir", Path)
