@@ -1,0 +1,90 @@
+"""The listener's mixer and the paced outbound track."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from media.audio import OUTPUT_RATE, SAMPLES_PER_FRAME, TIME_BASE
+from media.outbound import ListenerMixer, OutboundAudioTrack, SampleQueue
+
+
+def tone(seconds: float, amplitude: int = 8000) -> np.ndarray:
+    t = np.arange(int(seconds * OUTPUT_RATE)) / OUTPUT_RATE
+    return (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
+def test_sample_queue_drops_oldest_when_full() -> None:
+    queue = SampleQueue(capacity=10)
+    queue.push(np.arange(8, dtype=np.int16))
+    queue.push(np.arange(100, 105, dtype=np.int16))
+    assert len(queue) == 10
+    assert queue.dropped_samples == 3
+    out, real = queue.pull(12)
+    assert real == 10
+    assert out[:10].tolist() == [3, 4, 5, 6, 7, 100, 101, 102, 103, 104]
+    assert out[10:].tolist() == [0, 0]
+
+
+def test_mixer_silence_when_empty() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    frame = mixer.pull_frame()
+    assert frame.shape == (SAMPLES_PER_FRAME,)
+    assert not frame.any()
+
+
+def test_mixer_original_off_drops_voice() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_original(tone(0.02))
+    assert len(mixer.original) == 0
+
+
+def test_mixer_original_queue_stays_short() -> None:
+    mixer = ListenerMixer()
+    for _ in range(100):
+        mixer.push_original(tone(0.02))
+    assert len(mixer.original) <= OUTPUT_RATE // 10
+
+
+def test_mixer_ducks_original_under_translation() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("ducked")
+    mixer.push_original(tone(0.02))
+    ducked = mixer.pull_frame()
+    mixer.set_original_mode("full")
+    mixer.push_original(tone(0.02))
+    full = mixer.pull_frame()
+    assert 0 < np.abs(ducked).max() < np.abs(full).max()
+
+
+async def test_outbound_track_paces_a_burst() -> None:
+    """A 1 s burst queued at once plays at real-time pace, not faster."""
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_translated(tone(1.0))
+    track = OutboundAudioTrack(mixer)
+    started = time.monotonic()
+    frames = [await track.recv() for _ in range(51)]
+    elapsed = time.monotonic() - started
+    # 51 frames span 50 intervals of 20 ms; the clock may be late, never early.
+    assert elapsed >= 0.99
+    pts = [frame.pts for frame in frames]
+    assert pts == [i * SAMPLES_PER_FRAME for i in range(51)]
+    assert all(frame.time_base == TIME_BASE for frame in frames)
+    assert all(frame.sample_rate == OUTPUT_RATE for frame in frames)
+    assert all(frame.samples == SAMPLES_PER_FRAME for frame in frames)
+    track.stop()
+
+
+async def test_outbound_track_gap_yields_silence() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    track = OutboundAudioTrack(mixer)
+    async with asyncio.timeout(5):
+        frames = [await track.recv() for _ in range(5)]
+    assert all(not frame.to_ndarray().any() for frame in frames)
+    track.stop()
