@@ -51,9 +51,7 @@ def server_log() -> Iterator[list[logging.LogRecord]]:
     finally:
         root.removeHandler(recorder)
         root.setLevel(old_level)
-    tracebacks = [
-        f"{r.name}: {r.getMessage()}" for r in recorder.records if r.exc_info
-    ]
+    tracebacks = [f"{r.name}: {r.getMessage()}" for r in recorder.records if r.exc_info]
     assert not tracebacks, f"the log has tracebacks: {tracebacks}"
 
 
@@ -95,9 +93,7 @@ async def start_server() -> AsyncIterator[ServerFactory]:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]
         return RunningServer(app=app, port=port)
 
     yield start

@@ -46,7 +46,10 @@ def test_parse_join_with_all_fields() -> None:
         ('{"type": "join"}', "bad_message"),
         ('{"type": "join", "language": 7}', "bad_message"),
         ('{"type": "join", "language": "en", "room": "a b"}', "bad_message"),
-        ('{"type": "join", "language": "en", "name": "' + "x" * 65 + '"}', "bad_message"),
+        (
+            '{"type": "join", "language": "en", "name": "' + "x" * 65 + '"}',
+            "bad_message",
+        ),
         ('{"type": "join", "language": "en", "hear_original": "yes"}', "bad_message"),
         ('{"type": "offer"}', "bad_message"),
         ('{"type": "offer", "sdp": ""}', "bad_message"),
