@@ -72,9 +72,12 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             caption_final_s=settings.caption_final_ms / 1000,
             engine=engine,
             unavailable_reason=reason,
+            resume_grace_s=settings.resume_grace_s,
+            media_timeout_s=settings.media_timeout_s,
         )
     )
     app[HUB] = hub
+    await hub.start()
     yield
     await hub.shutdown()
     if client is not None:

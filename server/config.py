@@ -43,6 +43,8 @@ class Settings:
     max_message_bytes: int = 65536
     caption_final_ms: int = 1000
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    resume_grace_s: float = 30.0
+    media_timeout_s: float = 10.0
 
     @property
     def translation_enabled(self) -> bool:
@@ -99,6 +101,8 @@ class Settings:
             ),
             caption_final_ms=get("CAPTION_FINAL_MS", _int_range(100, 60_000), 1000),
             ice_servers=get("ICE_SERVERS", _ice_servers, ()),
+            resume_grace_s=get("RESUME_GRACE_S", _float_range(0.5, 3600), 30.0),
+            media_timeout_s=get("MEDIA_TIMEOUT_S", _float_range(1, 600), 10.0),
         )
 
 
@@ -134,6 +138,16 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "",
         'JSON list of STUN/TURN servers, as for RTCPeerConnection: [{"urls": ...}]',
     ),
+    Setting(
+        "RESUME_GRACE_S",
+        "30",
+        "seconds a dropped participant is held before the call ends",
+    ),
+    Setting(
+        "MEDIA_TIMEOUT_S",
+        "10",
+        "seconds without inbound audio before media counts as dropped",
+    ),
 )
 
 assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settings)}, (
@@ -154,6 +168,21 @@ def _int_range(low: int, high: int) -> Callable[[str, str], int]:
         if not low <= value <= high:
             raise SettingsError(
                 f"{name}={raw!r} is invalid: expected an integer from {low} to {high}"
+            )
+        return value
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise SettingsError(
+                f"{name}={raw!r} is invalid: expected a number from {low:g} to {high:g}"
             )
         return value
 

@@ -10,6 +10,7 @@ import time
 from media.direction import Direction
 from media.engines.base import Engine, SessionLabels, State, TranscriptKind
 from media.logcontext import call_id_var
+from signaling import messages
 from signaling.captions import CaptionAssembler
 from signaling.participant import Participant
 
@@ -34,9 +35,7 @@ class _DirectionEvents:
             engine,
             reason or "-",
         )
-        self._listener.send(
-            {"type": "translation", "state": state, "engine": engine, "reason": reason}
-        )
+        self._listener.send(messages.translation(state, engine, reason))
 
 
 class Call:

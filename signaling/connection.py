@@ -56,10 +56,10 @@ class SignalingConnection:
 
     async def on_close(self) -> None:
         participant, self.participant = self.participant, None
-        if participant is not None:
+        if participant is not None and participant.active:
             self._bind_log_context(participant)
             logger.info("signaling closed")
-            await self.hub.leave(participant, reason="disconnected")
+            self.hub.detach(participant, self.outbox)
 
     async def _dispatch(self, message: messages.ClientMessage) -> None:
         if isinstance(message, messages.Ping):
@@ -71,7 +71,10 @@ class SignalingConnection:
             self.participant = await self.hub.join(message, self.outbox)
             return
         if isinstance(message, messages.Resume):
-            raise ProtocolError("resume_failed", "The resume token is not valid.")
+            if self.participant is not None and self.participant.active:
+                raise ProtocolError("already_joined", "This connection already joined.")
+            self.participant = await self.hub.resume(message.token, self.outbox)
+            return
         participant = self.participant
         if participant is None or not participant.active:
             self.participant = None

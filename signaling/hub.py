@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from media import metrics
 from media.engines.base import Engine
 from media.languages import normalize_language
 from media.logcontext import call_id_var, participant_id_var
@@ -19,6 +23,8 @@ from signaling.participant import Outbox, Participant
 
 logger = logging.getLogger(__name__)
 
+WATCHDOG_INTERVAL_S = 0.5
+
 
 @dataclass(frozen=True, kw_only=True)
 class HubConfig:
@@ -26,21 +32,34 @@ class HubConfig:
     caption_final_s: float
     engine: Engine | None
     unavailable_reason: str | None
+    resume_grace_s: float = 30.0
+    media_timeout_s: float = 10.0
 
 
 class Hub:
-    """Pair participants first come, first served, per room, and run calls."""
+    """Pair participants first come, first served, per room, and run calls.
+
+    A participant whose signaling or media drops is held for a grace period:
+    the partner hears `partner_reconnecting`, and a `resume` or a new offer
+    within the period restores the call.
+    """
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.participants: dict[str, Participant] = {}
         self.calls: dict[str, Call] = {}
         self._waiting: dict[str | None, deque[Participant]] = {}
+        self._tokens: dict[str, Participant] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self.connections = 0
 
     @property
     def waiting_count(self) -> int:
         return sum(len(queue) for queue in self._waiting.values())
+
+    async def start(self) -> None:
+        self._watchdog = asyncio.create_task(self._watch_media(), name="media-watchdog")
 
     async def join(self, message: messages.Join, outbox: Outbox) -> Participant:
         language = normalize_language(message.language)
@@ -59,6 +78,7 @@ class Hub:
         )
         participant_id_var.set(participant.id)
         self.participants[participant.id] = participant
+        self._tokens[participant.resume_token] = participant
         logger.info(
             "joined: language=%s room=%s", language, "yes" if message.room else "no"
         )
@@ -73,11 +93,63 @@ class Hub:
         await self._pair(participant)
         return participant
 
+    async def resume(self, token: str, outbox: Outbox) -> Participant:
+        """Bind the participant holding `token` to a new socket."""
+        participant = self._tokens.get(token)
+        if participant is None or not participant.active:
+            raise ProtocolError(
+                "resume_failed",
+                "The resume token is invalid or expired; join again.",
+            )
+        participant_id_var.set(participant.id)
+        old = participant.outbox
+        if old is not None and old is not outbox:
+            old.close(1000, "replaced by a newer connection")
+        participant.outbox = outbox
+        self._rotate_token(participant, used=token)
+        participant.signaling_up = True
+        call = participant.call
+        logger.info("resumed%s", " in a call" if call else "")
+        participant.send(
+            {
+                "type": "resumed",
+                "participant_id": participant.id,
+                "call_id": call.id if call else None,
+                "resume_token": participant.resume_token,
+                "ice_servers": list(self.config.ice_servers),
+            }
+        )
+        if call is not None:
+            partner = call.partner_of(participant)
+            participant.send(
+                {"type": "paired", "call_id": call.id, "partner": partner.public_info()}
+            )
+            state = call.direction_to(participant).state
+            if state is not None:
+                participant.send(messages.translation(*state))
+        self._presence_changed(participant)
+        if call is None and not self._is_waiting(participant):
+            await self._pair(participant)
+        return participant
+
+    def detach(self, participant: Participant, outbox: Outbox) -> None:
+        """The socket of `outbox` closed; hold the participant for the grace."""
+        if participant.outbox is not outbox or not participant.active:
+            return
+        participant.outbox = None
+        participant.signaling_up = False
+        queue = self._waiting.get(participant.room)
+        if queue is not None and participant in queue:
+            queue.remove(participant)
+            self._drop_empty_queue(participant.room)
+        self._presence_changed(participant)
+
     async def offer(self, participant: Participant, sdp: str) -> None:
         leg = MediaLeg(
             ice_servers=list(self.config.ice_servers),
             mixer=participant.mixer,
             tap=participant.tap,
+            on_failed=lambda: self._media_failed(participant, leg),
         )
         try:
             answer = await leg.answer(sdp)
@@ -86,6 +158,7 @@ class Hub:
             logger.info("offer rejected: %s", exc)
             raise ProtocolError("bad_sdp", str(exc)) from None
         old, participant.leg = participant.leg, leg
+        participant.leg_started_at = asyncio.get_running_loop().time()
         if old is not None:
             await old.close()
         logger.info("offer answered%s", " (replaced media)" if old else "")
@@ -109,24 +182,28 @@ class Hub:
 
     async def leave(self, participant: Participant, reason: str) -> None:
         """Remove a participant; a call they were in ends for the partner."""
-        self.participants.pop(participant.id, None)
-        participant.active = False
+        self._forget(participant)
         queue = self._waiting.get(participant.room)
         if queue is not None and participant in queue:
             queue.remove(participant)
+            self._drop_empty_queue(participant.room)
             logger.info("left the queue: %s", reason)
         call = participant.call
         if call is not None:
             await self.end_call(call, reasons={participant.id: None}, default=reason)
         await participant.close_media()
         participant.outbox = None
+        self._update_gauges()
 
     async def end_call(
         self, call: Call, *, reasons: dict[str, str | None], default: str
     ) -> None:
         """End `call`; each side gets `partner_left` with its reason, or none."""
+        if call.ended:
+            return
         self.calls.pop(call.id, None)
         call_id_var.set(call.id)
+        metrics.calls_ended.labels(reason=default).inc()
         await call.end()
         for person in (call.a, call.b):
             person.call = None
@@ -135,17 +212,26 @@ class Hub:
                 continue
             person.send({"type": "partner_left", "reason": reason})
             # The call is over for both: the partner must join again.
-            self.participants.pop(person.id, None)
-            person.active = False
+            self._forget(person)
             await person.close_media()
+        self._update_gauges()
 
     async def shutdown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         for call in list(self.calls.values()):
             await self.end_call(call, reasons={}, default="server_shutdown")
         for participant in list(self.participants.values()):
+            self._forget(participant)
             await participant.close_media()
-        self.participants.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._waiting.clear()
+        self._update_gauges()
+
+    # Pairing
 
     async def _pair(self, participant: Participant) -> None:
         queue = self._waiting.setdefault(participant.room, deque())
@@ -153,10 +239,10 @@ class Hub:
             queue.append(participant)
             participant.send({"type": "waiting"})
             logger.info("waiting for a partner")
+            self._update_gauges()
             return
         partner = queue.popleft()
-        if not queue:
-            del self._waiting[participant.room]
+        self._drop_empty_queue(participant.room)
         call = Call(
             a=partner,
             b=participant,
@@ -167,9 +253,118 @@ class Hub:
         partner.call = call
         participant.call = call
         self.calls[call.id] = call
+        metrics.calls_started.inc()
+        self._update_gauges()
         for person in (partner, participant):
             other = call.partner_of(person)
             person.send(
                 {"type": "paired", "call_id": call.id, "partner": other.public_info()}
             )
         await call.start()
+
+    def _is_waiting(self, participant: Participant) -> bool:
+        return participant in self._waiting.get(participant.room, ())
+
+    def _drop_empty_queue(self, room: str | None) -> None:
+        if room in self._waiting and not self._waiting[room]:
+            del self._waiting[room]
+
+    # Presence and the grace period
+
+    def _presence_changed(self, participant: Participant) -> None:
+        call = participant.call
+        if not participant.present and participant.grace is None:
+            loop = asyncio.get_running_loop()
+            participant.grace = loop.call_later(
+                self.config.resume_grace_s, self._grace_expired, participant
+            )
+            logger.info(
+                "participant unreachable (signaling %s, media %s); holding %.0f s",
+                "up" if participant.signaling_up else "down",
+                "down" if participant.media_down else "up",
+                self.config.resume_grace_s,
+            )
+            if call is not None:
+                call.partner_of(participant).send({"type": "partner_reconnecting"})
+        elif participant.present and participant.grace is not None:
+            participant.grace.cancel()
+            participant.grace = None
+            logger.info("participant reachable again")
+            if call is not None:
+                call.partner_of(participant).send({"type": "partner_returned"})
+
+    def _grace_expired(self, participant: Participant) -> None:
+        participant.grace = None
+        if not participant.active:
+            return
+        call_id_var.set(participant.call.id if participant.call else "-")
+        participant_id_var.set(participant.id)
+        logger.info("grace period over; removing the participant")
+        self._spawn(self.leave(participant, reason="disconnected"))
+
+    def _media_failed(self, participant: Participant, leg: MediaLeg) -> None:
+        if participant.leg is not leg or participant.media_down:
+            return
+        self._mark_media_down(participant, "ICE failed")
+
+    def _mark_media_down(self, participant: Participant, why: str) -> None:
+        participant_id_var.set(participant.id)
+        logger.info("media dropped: %s", why)
+        participant.media_down = True
+        participant.media_down_since = asyncio.get_running_loop().time()
+        self._presence_changed(participant)
+
+    async def _watch_media(self) -> None:
+        """Mark media as dropped after MEDIA_TIMEOUT_S without inbound audio."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = loop.time()
+            for participant in list(self.participants.values()):
+                if participant.leg is None or participant.call is None:
+                    continue
+                last = max(
+                    participant.tap.last_frame_at or 0.0, participant.leg_started_at
+                )
+                if participant.media_down:
+                    if (
+                        participant.tap.last_frame_at or 0.0
+                    ) > participant.media_down_since:
+                        participant.media_down = False
+                        self._presence_changed(participant)
+                elif now - last > self.config.media_timeout_s:
+                    self._mark_media_down(
+                        participant,
+                        f"no inbound audio for {self.config.media_timeout_s:.0f} s",
+                    )
+
+    # Bookkeeping
+
+    def _rotate_token(self, participant: Participant, *, used: str) -> None:
+        stale = {participant.previous_token, participant.resume_token} - {used}
+        for token in stale:
+            if token is not None:
+                self._tokens.pop(token, None)
+        participant.previous_token = used
+        participant.resume_token = secrets.token_urlsafe(24)
+        self._tokens[participant.resume_token] = participant
+
+    def _forget(self, participant: Participant) -> None:
+        """Make the participant unreachable: no id, no tokens, no timer."""
+        self.participants.pop(participant.id, None)
+        participant.active = False
+        for token in (participant.resume_token, participant.previous_token):
+            if token is not None:
+                self._tokens.pop(token, None)
+        if participant.grace is not None:
+            participant.grace.cancel()
+            participant.grace = None
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _update_gauges(self) -> None:
+        metrics.waiting.set(self.waiting_count)
+        metrics.active_calls.set(len(self.calls))

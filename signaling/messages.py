@@ -106,6 +106,10 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
+def translation(state: str, engine: str, reason: str) -> dict[str, Any]:
+    return {"type": "translation", "state": state, "engine": engine, "reason": reason}
+
+
 def caption(
     *,
     call_id: str,

@@ -71,6 +71,18 @@ class Participant:
     call: Call | None = None
     # False once the participant left or their call ended; a new join is needed.
     active: bool = True
+    # A resume token stays valid until the one issued after it has been used,
+    # so a client that lost a `resumed` message can retry with the old one.
+    previous_token: str | None = None
+    signaling_up: bool = True
+    media_down: bool = False
+    media_down_since: float = 0.0
+    grace: asyncio.TimerHandle | None = None
+    leg_started_at: float = 0.0
+
+    @property
+    def present(self) -> bool:
+        return self.signaling_up and not self.media_down
 
     def send(self, message: dict[str, Any]) -> None:
         if self.outbox is not None:

@@ -296,3 +296,26 @@ async def test_expired_session_reconfigured_before_audio(
         call.heard_by(call.second)[int(start * SAMPLE_RATE) :], SAMPLE_RATE
     )
     assert rms.max() > 500
+
+
+async def test_media_drop_held_then_restored_by_new_offer(
+    start_server: ServerFactory, open_call: OpenCall
+) -> None:
+    server = await start_server(MEDIA_TIMEOUT_S="1", RESUME_GRACE_S="20")
+    call = await open_call(server, loop=True)
+    await call.record(1.0)
+    await call.first.peer.close()
+    await call.second.signaling.expect("partner_reconnecting", TIMEOUT)
+
+    replacement = ClientPeer(call.first.speech.samples, loop=True)
+    call.first.peer = replacement
+    await call.first.signaling.send(
+        {"type": "offer", "sdp": await replacement.make_offer()}
+    )
+    answer = await call.first.signaling.expect("answer", TIMEOUT)
+    await replacement.accept_answer(answer["sdp"])
+    await replacement.wait_connected(TIMEOUT)
+    await call.second.signaling.expect("partner_returned", TIMEOUT)
+    recorder = await replacement.wait_recorder(TIMEOUT)
+    await recorder.wait_for_duration(2.0, timeout_s=TIMEOUT)
+    assert call.second.signaling.of_type("partner_left") == []

@@ -17,7 +17,7 @@ TIMEOUT = 5.0
 
 @pytest.fixture
 async def server(start_server: ServerFactory) -> RunningServer:
-    return await start_server(MAX_MESSAGE_BYTES="4096")
+    return await start_server(MAX_MESSAGE_BYTES="4096", RESUME_GRACE_S="1")
 
 
 @pytest.fixture
@@ -58,6 +58,9 @@ async def test_ping_pong(connect: Connect) -> None:
         ('{"type": "offer", "sdp": "v=0"}', "not_joined"),
         ('{"type": "join", "language": "tlh"}', "unsupported_language"),
         ('{"type": "resume", "token": "made-up"}', "resume_failed"),
+        ('{"type": "settings", "hear_original": true}', "not_joined"),
+        ('{"type": "leave"}', "not_joined"),
+        ('{"type": "candidate", "candidate": null}', "not_joined"),
     ],
 )
 async def test_error_code_and_connection_stays_usable(
@@ -227,6 +230,7 @@ async def test_disconnect_in_call_ends_it_for_partner(
     await second.send({"type": "join", "language": "ru"})
     await first.expect("paired", TIMEOUT)
     await second.close()
+    await first.expect("partner_reconnecting", TIMEOUT)
     left = await first.expect("partner_left", TIMEOUT)
     assert left["reason"] == "disconnected"
     assert not server.hub.calls
