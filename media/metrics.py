@@ -11,6 +11,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "callbridge"
 
+# NOTE: an assumed price per minute of translated speech, for the cost
+# estimate only; check the provider's current price list before relying on it.
+ESTIMATED_USD_PER_REALTIME_MIN = 0.06
+
 connections = Gauge(f"{PREFIX}_connections", "Open signaling WebSockets")
 waiting = Gauge(f"{PREFIX}_waiting_participants", "Participants waiting for a partner")
 active_calls = Gauge(f"{PREFIX}_active_calls", "Calls in progress")

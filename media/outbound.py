@@ -13,6 +13,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from media import metrics
 from media.audio import (
     OUTPUT_RATE,
     SAMPLES_PER_FRAME,
@@ -173,7 +174,9 @@ class OutboundAudioTrack(MediaStreamTrack):
                 await asyncio.sleep(delay)
             elif delay < -MAX_LATE_S:
                 self.late_resyncs += 1
+                metrics.frames_late.inc()
                 self._start = now - self._pts / OUTPUT_RATE
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("outbound track %.0f ms late, resynced", -delay * 1000)
+        metrics.frames_sent.inc()
         return output_frame(self._mixer.pull_frame(), self._pts)

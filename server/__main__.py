@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from server.app import create_app
+from server.app import create_app, drain, make_runner
 from server.config import SETTINGS_HELP, Settings, SettingsError
 from server.logs import configure_logging
 
@@ -38,16 +40,33 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    logger.info("listening on http://%s:%d", settings.host, settings.port)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
     return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain calls and stop."""
+    app = create_app(settings)
+    runner = make_runner(app)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info("listening on http://%s:%d", settings.host, settings.port)
+        await stop.wait()
+        await drain(app)
+    finally:
+        await runner.cleanup()
+    logger.info("stopped")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,10 +14,18 @@ from openai import AsyncOpenAI
 
 from media.engines.base import Engine
 from media.engines.realtime import RealtimeEngine
-from server import routes, websocket
+from server import middleware, routes, websocket
 from server.config import Settings
-from server.keys import ENGINE_NAME, HUB, SETTINGS, STARTED_AT
+from server.keys import (
+    CONNECT_LIMITS,
+    ENGINE_NAME,
+    HUB,
+    SETTINGS,
+    STARTED_AT,
+    TRUSTED_NETWORKS,
+)
 from signaling.hub import Hub, HubConfig
+from signaling.ratelimit import KeyedBuckets
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +37,26 @@ NO_KEY_REASON = (
 )
 
 
+# Largest HTTP request body accepted; the API takes no uploads.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=5 * 1024 * 1024)
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            middleware.cors(settings.cors_origins),
+            middleware.timeout(settings.request_timeout_s),
+        ],
+    )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
+    app[CONNECT_LIMITS] = KeyedBuckets(
+        settings.ws_connects_per_min / 60, settings.ws_connects_per_min
+    )
+    app[TRUSTED_NETWORKS] = tuple(
+        ipaddress.ip_network(network) for network in settings.trusted_proxies
+    )
     app.cleanup_ctx.append(_translation_context)
     app.router.add_get("/ws", websocket.handle)
     routes.add_routes(app, PUBLIC_DIR)
@@ -74,6 +100,10 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             unavailable_reason=reason,
             resume_grace_s=settings.resume_grace_s,
             media_timeout_s=settings.media_timeout_s,
+            max_participants=settings.max_participants,
+            max_calls=settings.max_calls,
+            max_call_s=settings.max_call_s,
+            daily_budget_s=settings.daily_budget_min * 60,
         )
     )
     app[HUB] = hub
@@ -82,3 +112,38 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
     await hub.shutdown()
     if client is not None:
         await client.close()
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """Wrap `app` in a runner whose connections time out when stalled.
+
+    aiohttp closes a connection that has not sent a whole request within
+    its keep-alive timeout, even while bytes trickle in, so a slowloris
+    client holds a socket for at most REQUEST_TIMEOUT_S.
+    """
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=app[SETTINGS].request_timeout_s,
+    )
+
+
+async def drain(app: web.Application) -> None:
+    """Begin shutdown: refuse joins, and give open calls SHUTDOWN_GRACE_S.
+
+    Calls still open afterwards are ended by the hub's shutdown, with
+    `partner_left` reason `server_shutdown`.
+    """
+    hub = app[HUB]
+    hub.draining = True
+    grace_s = app[SETTINGS].shutdown_grace_s
+    logger.info(
+        "shutting down: %d calls get up to %.0f s to finish", len(hub.calls), grace_s
+    )
+    try:
+        async with asyncio.timeout(grace_s):
+            await hub.no_calls.wait()
+    except TimeoutError:
+        logger.info("ending %d calls still open", len(hub.calls))
+    await hub.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,19 @@ class Settings:
     ice_servers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     resume_grace_s: float = 30.0
     media_timeout_s: float = 10.0
+    log_format: str = "text"
+    trusted_proxies: tuple[str, ...] = ()
+    ws_connects_per_min: int = 60
+    messages_per_s: float = 20.0
+    message_burst: int = 40
+    idle_timeout_s: float = 30.0
+    max_participants: int = 500
+    max_calls: int = 250
+    max_call_s: float = 7200.0
+    daily_budget_min: float = 0.0
+    admin_token: str | None = None
+    shutdown_grace_s: float = 20.0
+    request_timeout_s: float = 30.0
 
     @property
     def translation_enabled(self) -> bool:
@@ -103,6 +117,19 @@ class Settings:
             ice_servers=get("ICE_SERVERS", _ice_servers, ()),
             resume_grace_s=get("RESUME_GRACE_S", _float_range(0.5, 3600), 30.0),
             media_timeout_s=get("MEDIA_TIMEOUT_S", _float_range(1, 600), 10.0),
+            log_format=get("LOG_FORMAT", _choice("text", "json"), "text"),
+            trusted_proxies=get("TRUSTED_PROXIES", _networks, ()),
+            ws_connects_per_min=get("WS_CONNECTS_PER_MIN", _int_range(1, 100_000), 60),
+            messages_per_s=get("MESSAGES_PER_S", _float_range(0.1, 10_000), 20.0),
+            message_burst=get("MESSAGE_BURST", _int_range(1, 100_000), 40),
+            idle_timeout_s=get("IDLE_TIMEOUT_S", _float_range(1, 3600), 30.0),
+            max_participants=get("MAX_PARTICIPANTS", _int_range(2, 1_000_000), 500),
+            max_calls=get("MAX_CALLS", _int_range(1, 500_000), 250),
+            max_call_s=get("MAX_CALL_S", _float_range(1, 86_400), 7200.0),
+            daily_budget_min=get("DAILY_BUDGET_MIN", _float_range(0, 1_440_000), 0.0),
+            admin_token=get("ADMIN_TOKEN", _secret, None),
+            shutdown_grace_s=get("SHUTDOWN_GRACE_S", _float_range(0, 3600), 20.0),
+            request_timeout_s=get("REQUEST_TIMEOUT_S", _float_range(1, 600), 30.0),
         )
 
 
@@ -148,6 +175,35 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "10",
         "seconds without inbound audio before media counts as dropped",
     ),
+    Setting("LOG_FORMAT", "text", "text, or json for one JSON object per line"),
+    Setting(
+        "TRUSTED_PROXIES",
+        "",
+        "comma-separated proxy addresses or networks whose X-Forwarded-For is used",
+    ),
+    Setting("WS_CONNECTS_PER_MIN", "60", "new WebSockets per client IP per minute"),
+    Setting("MESSAGES_PER_S", "20", "signaling messages per second per connection"),
+    Setting("MESSAGE_BURST", "40", "signaling messages a connection may send at once"),
+    Setting("IDLE_TIMEOUT_S", "30", "seconds a WebSocket may stay open without join"),
+    Setting("MAX_PARTICIPANTS", "500", "participants per process"),
+    Setting("MAX_CALLS", "250", "calls per process"),
+    Setting("MAX_CALL_S", "7200", "longest call in seconds"),
+    Setting(
+        "DAILY_BUDGET_MIN",
+        "0",
+        "translated call minutes per client IP per day; 0 turns the budget off",
+    ),
+    Setting("ADMIN_TOKEN", "", "bearer token for /api/sessions; unset turns it off"),
+    Setting(
+        "REQUEST_TIMEOUT_S",
+        "30",
+        "seconds a client has to send an HTTP request and a handler to answer it",
+    ),
+    Setting(
+        "SHUTDOWN_GRACE_S",
+        "20",
+        "seconds open calls may go on after SIGTERM before they are ended",
+    ),
 )
 
 assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settings)}, (
@@ -187,6 +243,37 @@ def _float_range(low: float, high: float) -> Callable[[str, str], float]:
         return value
 
     return parse
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise SettingsError(
+                f"{name}={raw!r} is invalid: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    networks = []
+    for item in _csv(name, raw):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"{name} has an invalid address or network {item!r}: expected "
+                "entries like 10.0.0.1 or 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
+def _secret(name: str, raw: str) -> str:
+    if len(raw) < 16:
+        raise SettingsError(f"{name} is too short: use at least 16 characters")
+    return raw
 
 
 def _url(name: str, raw: str) -> str:

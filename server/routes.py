@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from pathlib import Path
 
+import prometheus_client
 from aiohttp import web
 
 from media.languages import LANGUAGES
@@ -16,6 +18,8 @@ VERSION = "0.1.0"
 def add_routes(app: web.Application, public_dir: Path) -> None:
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/status", status)
+    app.router.add_get("/api/sessions", sessions)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/", index)
     app.router.add_static("/static/", public_dir, show_index=False)
     app[PUBLIC_DIR] = public_dir
@@ -26,7 +30,47 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def health(request: web.Request) -> web.Response:
+    if request.app[HUB].draining:
+        return web.json_response({"status": "draining"}, status=503)
     return web.json_response({"status": "ok"})
+
+
+async def sessions(request: web.Request) -> web.Response:
+    """List calls and waiting participants for operators, behind ADMIN_TOKEN."""
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        raise web.HTTPNotFound()
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(
+            text="Send Authorization: Bearer <ADMIN_TOKEN>.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    hub = request.app[HUB]
+    calls = [
+        {
+            "call_id": call.id,
+            "started_at": call.started_at,
+            "translated": call.translated,
+            "participants": [
+                {"participant_id": person.id, "language": person.language}
+                for person in (call.a, call.b)
+            ],
+        }
+        for call in hub.calls.values()
+    ]
+    waiting = [
+        {"participant_id": person.id, "language": person.language}
+        for person in hub.waiting_participants()
+    ]
+    return web.json_response({"calls": calls, "waiting": waiting})
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest()
+    return web.Response(
+        body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+    )
 
 
 async def status(request: web.Request) -> web.Response:

@@ -54,6 +54,8 @@ class Call:
         self.a = a
         self.b = b
         self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.translated = engine is not None and a.language != b.language
         self.ended = False
         self._captions: list[CaptionAssembler] = []
         self._directions = [

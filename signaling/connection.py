@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from media import metrics
 from media.logcontext import call_id_var, participant_id_var
 from signaling import messages
 from signaling.errors import ProtocolError
 from signaling.hub import Hub
 from signaling.participant import Outbox, Participant
+from signaling.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -23,16 +25,32 @@ class SignalingConnection:
     and writes whatever lands in `outbox`.
     """
 
-    def __init__(self, hub: Hub, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        max_message_bytes: int,
+        client_ip: str,
+        rate_limit: TokenBucket,
+    ) -> None:
         self.hub = hub
         self.outbox = Outbox()
         self.participant: Participant | None = None
+        self.client_ip = client_ip
         self._max_message_bytes = max_message_bytes
+        self._rate_limit = rate_limit
         self._errors_in_a_row = 0
+
+    @property
+    def has_participant(self) -> bool:
+        return self.participant is not None and self.participant.active
 
     async def on_text(self, text: str) -> None:
         self._bind_log_context()
         try:
+            if not self._rate_limit.allow():
+                metrics.rate_limited.labels(kind="message").inc()
+                raise ProtocolError("rate_limited", "Too many messages; slow down.")
             if len(text) > self._max_message_bytes or (
                 len(text) * 4 > self._max_message_bytes
                 and len(text.encode("utf-8", "replace")) > self._max_message_bytes
@@ -48,6 +66,10 @@ class SignalingConnection:
             self._errors_in_a_row = 0
 
     def on_binary(self) -> None:
+        if not self._rate_limit.allow():
+            metrics.rate_limited.labels(kind="message").inc()
+            self._reject(ProtocolError("rate_limited", "Too many messages; slow down."))
+            return
         self._reject(
             ProtocolError(
                 "bad_message", "Binary frames are not accepted; send JSON text."
@@ -68,7 +90,9 @@ class SignalingConnection:
         if isinstance(message, messages.Join):
             if self.participant is not None and self.participant.active:
                 raise ProtocolError("already_joined", "This connection already joined.")
-            self.participant = await self.hub.join(message, self.outbox)
+            self.participant = await self.hub.join(
+                message, self.outbox, ip=self.client_ip
+            )
             return
         if isinstance(message, messages.Resume):
             if self.participant is not None and self.participant.active:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ class HubConfig:
     unavailable_reason: str | None
     resume_grace_s: float = 30.0
     media_timeout_s: float = 10.0
+    max_participants: int = 500
+    max_calls: int = 250
+    max_call_s: float = 7200.0
+    # Translated call seconds per client IP per day; 0 turns the budget off.
+    daily_budget_s: float = 0.0
 
 
 class Hub:
@@ -53,15 +59,31 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
         self.connections = 0
+        self.draining = False
+        self.no_calls = asyncio.Event()
+        self.no_calls.set()
+        self._budget_day = ""
+        self._budget_used: dict[str, float] = {}
+
+    def waiting_participants(self) -> list[Participant]:
+        return [person for queue in self._waiting.values() for person in queue]
 
     @property
     def waiting_count(self) -> int:
         return sum(len(queue) for queue in self._waiting.values())
 
     async def start(self) -> None:
-        self._watchdog = asyncio.create_task(self._watch_media(), name="media-watchdog")
+        self._watchdog = asyncio.create_task(self._run_watchdog(), name="hub-watchdog")
 
-    async def join(self, message: messages.Join, outbox: Outbox) -> Participant:
+    async def join(
+        self, message: messages.Join, outbox: Outbox, *, ip: str
+    ) -> Participant:
+        self._check_capacity(message.room)
+        if self._budget_exhausted(ip):
+            raise ProtocolError(
+                "rate_limited",
+                "This address used its daily translation budget; try again tomorrow.",
+            )
         language = normalize_language(message.language)
         if language is None:
             raise ProtocolError(
@@ -71,6 +93,7 @@ class Hub:
             )
         participant = Participant(
             language=language,
+            ip=ip,
             name=message.name,
             room=message.room,
             hear_original=message.hear_original,
@@ -231,6 +254,52 @@ class Hub:
         self._waiting.clear()
         self._update_gauges()
 
+    # Capacity, budgets and call length
+
+    def _check_capacity(self, room: str | None) -> None:
+        if self.draining:
+            raise ProtocolError(
+                "server_busy", "The server is shutting down; try again in a minute."
+            )
+        if len(self.participants) >= self.config.max_participants or (
+            len(self.calls) >= self.config.max_calls and self._waiting.get(room)
+        ):
+            logger.warning(
+                "capacity reached: %d participants, %d calls",
+                len(self.participants),
+                len(self.calls),
+            )
+            raise ProtocolError(
+                "server_busy", "The server is full; try again in a few minutes."
+            )
+
+    def _budget_exhausted(self, ip: str) -> bool:
+        if self.config.daily_budget_s <= 0:
+            return False
+        self._roll_budget_day()
+        return self._budget_used.get(ip, 0.0) >= self.config.daily_budget_s
+
+    def _roll_budget_day(self) -> None:
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        if today != self._budget_day:
+            self._budget_day = today
+            self._budget_used.clear()
+
+    async def _enforce_call_limits(self, elapsed_s: float) -> None:
+        for call in list(self.calls.values()):
+            call_id_var.set(call.id)
+            if time.monotonic() - call.started_monotonic >= self.config.max_call_s:
+                logger.info("call reached MAX_CALL_S")
+                await self.end_call(call, reasons={}, default="max_duration")
+                continue
+            if not call.translated or self.config.daily_budget_s <= 0:
+                continue
+            for ip in {call.a.ip, call.b.ip}:
+                self._budget_used[ip] = self._budget_used.get(ip, 0.0) + elapsed_s
+            if self._budget_exhausted(call.a.ip) or self._budget_exhausted(call.b.ip):
+                logger.info("daily translation budget used up")
+                await self.end_call(call, reasons={}, default="budget_exhausted")
+
     # Pairing
 
     async def _pair(self, participant: Participant) -> None:
@@ -314,29 +383,38 @@ class Hub:
         participant.media_down_since = asyncio.get_running_loop().time()
         self._presence_changed(participant)
 
-    async def _watch_media(self) -> None:
-        """Mark media as dropped after MEDIA_TIMEOUT_S without inbound audio."""
+    async def _run_watchdog(self) -> None:
+        """Check media and call limits every WATCHDOG_INTERVAL_S."""
         loop = asyncio.get_running_loop()
+        previous = loop.time()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             now = loop.time()
-            for participant in list(self.participants.values()):
-                if participant.leg is None or participant.call is None:
-                    continue
-                last = max(
-                    participant.tap.last_frame_at or 0.0, participant.leg_started_at
+            try:
+                self._roll_budget_day()
+                await self._enforce_call_limits(now - previous)
+                self._check_media(now)
+            except Exception:
+                logger.exception("watchdog check failed")
+            previous = now
+
+    def _check_media(self, now: float) -> None:
+        """Mark media as dropped after MEDIA_TIMEOUT_S without inbound audio."""
+        for participant in list(self.participants.values()):
+            if participant.leg is None or participant.call is None:
+                continue
+            last_frame = participant.tap.last_frame_at or 0.0
+            if participant.media_down:
+                if last_frame > participant.media_down_since:
+                    participant.media_down = False
+                    self._presence_changed(participant)
+            elif now - max(last_frame, participant.leg_started_at) > (
+                self.config.media_timeout_s
+            ):
+                self._mark_media_down(
+                    participant,
+                    f"no inbound audio for {self.config.media_timeout_s:.0f} s",
                 )
-                if participant.media_down:
-                    if (
-                        participant.tap.last_frame_at or 0.0
-                    ) > participant.media_down_since:
-                        participant.media_down = False
-                        self._presence_changed(participant)
-                elif now - last > self.config.media_timeout_s:
-                    self._mark_media_down(
-                        participant,
-                        f"no inbound audio for {self.config.media_timeout_s:.0f} s",
-                    )
 
     # Bookkeeping
 
@@ -368,3 +446,7 @@ class Hub:
     def _update_gauges(self) -> None:
         metrics.waiting.set(self.waiting_count)
         metrics.active_calls.set(len(self.calls))
+        if self.calls:
+            self.no_calls.clear()
+        else:
+            self.no_calls.set()

@@ -59,6 +59,7 @@ class Outbox:
 @dataclass(eq=False, kw_only=True)
 class Participant:
     language: str
+    ip: str
     name: str | None
     room: str | None
     hear_original: bool

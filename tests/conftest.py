@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import web
 
-from server.app import create_app
+from server.app import create_app, make_runner
 from server.config import Settings
 from server.keys import HUB
 from signaling.hub import Hub
@@ -88,7 +88,7 @@ async def start_server() -> AsyncIterator[ServerFactory]:
     async def start(**env: str) -> RunningServer:
         settings = Settings.from_env({"LOG_LEVEL": "INFO", **env})
         app = create_app(settings)
-        runner = web.AppRunner(app, handle_signals=False)
+        runner = make_runner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -32,6 +32,7 @@ from openai.types.realtime.realtime_translation_session_update_request_param imp
     RealtimeTranslationSessionUpdateRequestParam,
 )
 
+from media import metrics
 from media.audio import Pcm, pcm16_bytes_to_array
 from media.engines.base import (
     Engine,
@@ -134,9 +135,11 @@ class RealtimeSession(EngineSession):
             self._partial = self._partial[CHUNK_SAMPLES:]
             if not self._configured:
                 self.dropped_chunks += 1
+                metrics.input_dropped.inc()
                 continue
             if len(self._pending) == self._pending.maxlen:
                 self.dropped_chunks += 1
+                metrics.input_dropped.inc()
             self._pending.append(chunk.astype("<i2").tobytes())
             self._pending_ready.set()
 
@@ -163,27 +166,31 @@ class RealtimeSession(EngineSession):
         attempt = 0
         while not self._closing:
             started = time.monotonic()
-            outcome = "closed"
+            outcome, detail = "closed", ""
             try:
                 configured = await self._connect_once()
                 if configured:
                     attempt = 0
+                else:
+                    outcome = "not_configured"
             except CONNECTION_ERRORS as exc:
-                outcome = f"failed: {exc!r}"
+                outcome, detail = "failed", repr(exc)
             except Exception:
                 logger.exception("realtime session failed unexpectedly")
-                outcome = "failed: unexpected error"
+                outcome, detail = "failed", "unexpected error"
             finally:
                 self._configured = False
                 self._connection = None
                 self._pending.clear()
+            metrics.upstream_sessions.labels(engine="realtime", outcome=outcome).inc()
             logger.info(
                 "realtime session ended: model=%s language=%s duration_s=%.1f "
-                "outcome=%s",
+                "outcome=%s %s",
                 self._model,
                 self._target_language,
                 time.monotonic() - started,
                 outcome,
+                detail,
             )
             if self._closing:
                 break
@@ -237,9 +244,13 @@ class RealtimeSession(EngineSession):
     def _handle_event(self, event: Any) -> None:
         if event.type == "session.output_audio.delta":
             rate = event.sample_rate or INPUT_RATE
-            self._listener.on_audio(
-                pcm16_bytes_to_array(base64.b64decode(event.delta)), rate
+            pcm = pcm16_bytes_to_array(base64.b64decode(event.delta))
+            seconds = pcm.size / rate
+            metrics.translated_audio.labels(engine="realtime").inc(seconds)
+            metrics.estimated_cost.labels(engine="realtime").inc(
+                seconds / 60 * metrics.ESTIMATED_USD_PER_REALTIME_MIN
             )
+            self._listener.on_audio(pcm, rate)
         elif event.type == "session.input_transcript.delta":
             self._listener.on_transcript("original", event.delta)
         elif event.type == "session.output_transcript.delta":
@@ -247,6 +258,9 @@ class RealtimeSession(EngineSession):
         elif event.type == "error":
             self.errors += 1
             error = event.error
+            metrics.upstream_errors.labels(
+                engine="realtime", code=str(error.code or error.type)
+            ).inc()
             level = logging.INFO if error.code == "session_expired" else logging.WARNING
             logger.log(
                 level,
