@@ -18,6 +18,7 @@ from server import middleware, routes, websocket
 from server.config import Settings
 from server.keys import (
     CONNECT_LIMITS,
+    CONNECTIONS,
     ENGINE_NAME,
     HUB,
     SETTINGS,
@@ -37,6 +38,8 @@ NO_KEY_REASON = (
 )
 
 
+# After the drain, how long aiohttp waits for handlers before cancelling them.
+SHUTDOWN_TIMEOUT_S = 5.0
 # Largest HTTP request body accepted; the API takes no uploads.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 
@@ -51,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
+    app[CONNECTIONS] = set()
     app[CONNECT_LIMITS] = KeyedBuckets(
         settings.ws_connects_per_min / 60, settings.ws_connects_per_min
     )
@@ -126,6 +130,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
         handle_signals=False,
         access_log=None,
         keepalive_timeout=app[SETTINGS].request_timeout_s,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
 
 
@@ -147,3 +152,7 @@ async def drain(app: web.Application) -> None:
     except TimeoutError:
         logger.info("ending %d calls still open", len(hub.calls))
     await hub.shutdown()
+    # Each socket is closed by its writer after the messages queued before,
+    # so `partner_left` reaches the clients.
+    for connection in list(app[CONNECTIONS]):
+        connection.outbox.close(1001, "server shutdown")

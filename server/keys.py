@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server.config import Settings
+from signaling.connection import SignalingConnection
 from signaling.hub import Hub
 from signaling.ratelimit import KeyedBuckets
 
@@ -20,3 +21,4 @@ CONNECT_LIMITS = web.AppKey("connect_limits", KeyedBuckets)
 TRUSTED_NETWORKS = web.AppKey(
     "trusted_networks", tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 )
+CONNECTIONS = web.AppKey("connections", set[SignalingConnection])

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from media import metrics
-from server.keys import CONNECT_LIMITS, HUB, SETTINGS, TRUSTED_NETWORKS
+from server.keys import CONNECT_LIMITS, CONNECTIONS, HUB, SETTINGS, TRUSTED_NETWORKS
 from signaling import messages
 from signaling.connection import CLOSE_POLICY_VIOLATION, SignalingConnection
 from signaling.ratelimit import TokenBucket, client_ip
@@ -73,6 +73,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     hub.connections += 1
     metrics.connections.inc()
+    request.app[CONNECTIONS].add(connection)
     tasks = [
         asyncio.create_task(_write(ws, connection), name="signaling-writer"),
         asyncio.create_task(
@@ -89,6 +90,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 logger.info("signaling socket error: %r", ws.exception())
                 break
     finally:
+        request.app[CONNECTIONS].discard(connection)
         hub.connections -= 1
         metrics.connections.dec()
         await connection.on_close()
