@@ -25,6 +25,7 @@ from server.keys import (
     STARTED_AT,
     TRUSTED_NETWORKS,
 )
+from signaling.connection import SignalingConnection
 from signaling.hub import Hub, HubConfig
 from signaling.ratelimit import KeyedBuckets
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
-    app[CONNECTIONS] = set()
+    app[CONNECTIONS] = set[SignalingConnection]()
     app[CONNECT_LIMITS] = KeyedBuckets(
         settings.ws_connects_per_min / 60, settings.ws_connects_per_min
     )
