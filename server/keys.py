@@ -21,4 +21,4 @@ CONNECT_LIMITS = web.AppKey("connect_limits", KeyedBuckets)
 TRUSTED_NETWORKS = web.AppKey(
     "trusted_networks", tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 )
-CONNECTIONS = web.AppKey("connections", set[SignalingConnection])
+CONNECTIONS: web.AppKey[set[SignalingConnection]] = web.AppKey("connections")
