@@ -155,5 +155,6 @@ async def drain(app: web.Application) -> None:
     await hub.shutdown()
     # Each socket is closed by its writer after the messages queued before,
     # so `partner_left` reaches the clients.
-    for connection in list(app[CONNECTIONS]):
+    connections: set[SignalingConnection] = app[CONNECTIONS]
+    for connection in list(connections):
         connection.outbox.close(1001, "server shutdown")
