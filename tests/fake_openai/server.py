@@ -50,7 +50,6 @@ from .realtime import (
     session_updated_event,
     validate_client_event,
 )
-from .rest import MAX_UPLOAD_BYTES, FakeRest
 
 logger = logging.getLogger(__name__)
 
@@ -476,7 +475,6 @@ class FakeOpenAI:
         self._rejections_left = 0
         self._rejection_status = 500
         self._actions: set[asyncio.Task[None]] = set()
-        self.rest = FakeRest(lambda: self.options.api_keys)
 
     @property
     def base_url(self) -> str:
@@ -490,9 +488,8 @@ class FakeOpenAI:
         url_host = _url_host(host)
         if self._runner is not None:
             raise RuntimeError("FakeOpenAI is already started")
-        app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
+        app = web.Application()
         app.router.add_get(TRANSLATIONS_PATH, self._handle_translations)
-        self.rest.add_routes(app)
         app.router.add_route("*", "/{path:.*}", self._handle_unknown_path)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
         await runner.setup()
@@ -512,7 +509,6 @@ class FakeOpenAI:
         if runner is None:
             return
         self._runner = None
-        self.rest.stop()
         connections = list(self._connections)
         await asyncio.gather(
             *(connection.close(WSCloseCode.GOING_AWAY) for connection in connections)
