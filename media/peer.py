@@ -88,14 +88,22 @@ class MediaLeg:
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer_sdp, type="offer")
             )
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BadSdp(f"The offer could not be applied: {exc}") from exc
+        # aiortc's SDP parser (1.16) signals bad input with whatever its code
+        # trips on, assert statements included, so any failure here is the
+        # client's SDP.
+        except Exception as exc:
+            logger.debug("offer not applied: %r", exc)
+            raise BadSdp(f"The offer could not be applied: {exc!r}") from exc
         audio = [t for t in self._pc.getTransceivers() if t.kind == "audio"]
         if not audio:
             raise BadSdp("The offer has no audio section.")
         self._mixer.reset()
         self._pc.addTrack(OutboundAudioTrack(self._mixer))
-        answer = await self._pc.createAnswer()
+        try:
+            answer = await self._pc.createAnswer()
+        except ValueError as exc:
+            # For example no codec in common with the offer.
+            raise BadSdp(f"No answer fits the offer: {exc}") from exc
         await self._pc.setLocalDescription(answer)
         return str(self._pc.localDescription.sdp)
 
