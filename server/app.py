@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,9 @@ from aiohttp import web
 from openai import AsyncOpenAI
 
 from media.engines.base import Engine
-from media.engines.realtime import RealtimeEngine
 from server import middleware, routes, websocket
 from server.config import Settings
+from server.engines import build_engine
 from server.keys import (
     CONNECT_LIMITS,
     CONNECTIONS,
@@ -25,6 +26,7 @@ from server.keys import (
     STARTED_AT,
     TRUSTED_NETWORKS,
 )
+from signaling.cluster import Cluster
 from signaling.connection import SignalingConnection
 from signaling.hub import Hub, HubConfig
 from signaling.ratelimit import KeyedBuckets
@@ -36,6 +38,9 @@ PUBLIC_DIR = Path(__file__).resolve().parent.parent / "public"
 NO_KEY_REASON = (
     "Translation is off: the server has no OPENAI_API_KEY, so you hear the "
     "original voice."
+)
+ENGINE_OFF_REASON = (
+    "Translation is turned off on this server, so you hear the original voice."
 )
 
 
@@ -74,22 +79,16 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
     client: AsyncOpenAI | None = None
     engine: Engine | None = None
     reason: str | None = None
-    if settings.translation_enabled:
+    if settings.engine_choice != "off":
         client = AsyncOpenAI(
             api_key=settings.api_key_for_sdk,
             base_url=settings.openai_base_url,
             max_retries=0,
         )
-        engine = RealtimeEngine(
-            client=client,
-            model=settings.translation_model,
-            transcription_model=settings.realtime_transcription_model,
-        )
-        logger.info(
-            "translation engine: realtime, model=%s, base URL %s",
-            settings.translation_model,
-            settings.openai_base_url or "default",
-        )
+        engine = build_engine(settings, client)
+    elif settings.translation_enabled:
+        reason = ENGINE_OFF_REASON
+        logger.warning("TRANSLATION_ENGINE is off: calls relay the original voices")
     else:
         reason = NO_KEY_REASON
         logger.warning(
@@ -97,6 +96,19 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             "original voices"
         )
     app[ENGINE_NAME] = engine.name if engine else "off"
+    cluster: Cluster | None = None
+    if settings.redis_url is not None:
+        assert settings.public_ws_url is not None
+        cluster = Cluster(
+            url=settings.redis_url,
+            node_id=settings.node_id or "node-" + secrets.token_hex(4),
+            ws_url=settings.public_ws_url,
+        )
+        logger.info(
+            "sharing state through Redis as node %s at %s",
+            cluster.node_id,
+            cluster.ws_url,
+        )
     hub = Hub(
         HubConfig(
             ice_servers=settings.ice_servers,
@@ -109,12 +121,15 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             max_calls=settings.max_calls,
             max_call_s=settings.max_call_s,
             daily_budget_s=settings.daily_budget_min * 60,
-        )
+        ),
+        cluster=cluster,
     )
     app[HUB] = hub
     await hub.start()
     yield
     await hub.shutdown()
+    if cluster is not None:
+        await cluster.close()
     if client is not None:
         await client.close()
 

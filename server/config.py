@@ -59,6 +59,70 @@ class Settings:
     admin_token: str | None = None
     shutdown_grace_s: float = 20.0
     request_timeout_s: float = 30.0
+    redis_url: str | None = None
+    public_url: str | None = None
+    node_id: str | None = None
+    translation_engine: str = "auto"
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    chat_model: str = "gpt-4o-mini"
+    tts_model: str = "gpt-4o-mini-tts"
+    tts_voice: str = "alloy"
+    glossary_file: Path | None = None
+    vad_start_threshold: float = 0.5
+    vad_stop_threshold: float = 0.35
+    vad_min_silence_ms: int = 500
+    vad_min_speech_ms: int = 60
+    max_utterance_s: float = 15.0
+    upstream_timeout_s: float = 10.0
+    upstream_max_retries: int = 2
+    fallback_connect_failures: int = 3
+    fallback_after_s: float = 10.0
+    realtime_retry_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.public_url:
+            raise SettingsError(
+                "PUBLIC_URL is missing: with REDIS_URL set, each node needs the "
+                "address clients reach it at, for example https://node1.example.com"
+            )
+        if self.vad_stop_threshold > self.vad_start_threshold:
+            raise SettingsError(
+                f"VAD_STOP_THRESHOLD={self.vad_stop_threshold:g} is invalid: it "
+                f"must not exceed VAD_START_THRESHOLD={self.vad_start_threshold:g}"
+            )
+        if self.max_utterance_s * 1000 < 2 * self.vad_min_silence_ms:
+            raise SettingsError(
+                f"MAX_UTTERANCE_S={self.max_utterance_s:g} is invalid: it must be "
+                "at least twice VAD_MIN_SILENCE_MS"
+            )
+        if self.translation_engine in ("realtime", "pipeline") and not (
+            self.translation_enabled
+        ):
+            raise SettingsError(
+                f"TRANSLATION_ENGINE={self.translation_engine} needs OPENAI_API_KEY "
+                "or OPENAI_BASE_URL"
+            )
+
+    @property
+    def engine_choice(self) -> str:
+        """The engine to run: `realtime`, `pipeline` or `off`.
+
+        `auto` picks realtime when a key is set, the pipeline for a base URL
+        without a key (a self-hosted server), and off otherwise.
+        """
+        if self.translation_engine != "auto":
+            return self.translation_engine
+        if self.openai_api_key:
+            return "realtime"
+        return "pipeline" if self.openai_base_url else "off"
+
+    @property
+    def public_ws_url(self) -> str | None:
+        """PUBLIC_URL as the WebSocket URL of this node's `/ws`."""
+        if self.public_url is None:
+            return None
+        scheme, rest = self.public_url.split("://", 1)
+        return ("wss" if scheme == "https" else "ws") + "://" + rest + "/ws"
 
     @property
     def translation_enabled(self) -> bool:
@@ -130,6 +194,37 @@ class Settings:
             admin_token=get("ADMIN_TOKEN", _secret, None),
             shutdown_grace_s=get("SHUTDOWN_GRACE_S", _float_range(0, 3600), 20.0),
             request_timeout_s=get("REQUEST_TIMEOUT_S", _float_range(1, 600), 30.0),
+            translation_engine=get(
+                "TRANSLATION_ENGINE",
+                _choice("auto", "realtime", "pipeline", "off"),
+                cls.translation_engine,
+            ),
+            transcription_model=get(
+                "TRANSCRIPTION_MODEL", _text, cls.transcription_model
+            ),
+            chat_model=get("CHAT_MODEL", _text, cls.chat_model),
+            tts_model=get("TTS_MODEL", _text, cls.tts_model),
+            tts_voice=get("TTS_VOICE", _text, cls.tts_voice),
+            glossary_file=get("GLOSSARY_FILE", _glossary_file, None),
+            vad_start_threshold=get(
+                "VAD_START_THRESHOLD", _float_range(0.01, 0.99), 0.5
+            ),
+            vad_stop_threshold=get(
+                "VAD_STOP_THRESHOLD", _float_range(0.01, 0.99), 0.35
+            ),
+            vad_min_silence_ms=get("VAD_MIN_SILENCE_MS", _int_range(100, 5000), 500),
+            vad_min_speech_ms=get("VAD_MIN_SPEECH_MS", _int_range(0, 5000), 60),
+            max_utterance_s=get("MAX_UTTERANCE_S", _float_range(2, 120), 15.0),
+            upstream_timeout_s=get("UPSTREAM_TIMEOUT_S", _float_range(0.1, 600), 10.0),
+            upstream_max_retries=get("UPSTREAM_MAX_RETRIES", _int_range(0, 10), 2),
+            fallback_connect_failures=get(
+                "FALLBACK_CONNECT_FAILURES", _int_range(1, 100), 3
+            ),
+            fallback_after_s=get("FALLBACK_AFTER_S", _float_range(1, 3600), 10.0),
+            realtime_retry_s=get("REALTIME_RETRY_S", _float_range(1, 86_400), 60.0),
+            redis_url=get("REDIS_URL", _redis_url, None),
+            public_url=get("PUBLIC_URL", _url, None),
+            node_id=get("NODE_ID", _node_id, None),
         )
 
 
@@ -200,9 +295,90 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "seconds a client has to send an HTTP request and a handler to answer it",
     ),
     Setting(
+        "REDIS_URL",
+        "",
+        "Redis shared by several nodes, redis://HOST:PORT/DB; unset runs alone",
+    ),
+    Setting(
+        "PUBLIC_URL",
+        "",
+        "address clients reach this node at, used in redirects; needed with REDIS_URL",
+    ),
+    Setting("NODE_ID", "", "name of this node among several; random when unset"),
+    Setting(
         "SHUTDOWN_GRACE_S",
         "20",
         "seconds open calls may go on after SIGTERM before they are ended",
+    ),
+    Setting(
+        "TRANSLATION_ENGINE",
+        "auto",
+        "realtime (falls back to pipeline), pipeline, off, or auto: realtime with "
+        "a key, pipeline with only OPENAI_BASE_URL, off without either",
+    ),
+    Setting(
+        "TRANSCRIPTION_MODEL",
+        "gpt-4o-mini-transcribe",
+        "pipeline engine: model of audio.transcriptions (whisper-1 works too)",
+    ),
+    Setting("CHAT_MODEL", "gpt-4o-mini", "pipeline engine: model that translates"),
+    Setting("TTS_MODEL", "gpt-4o-mini-tts", "pipeline engine: model of audio.speech"),
+    Setting("TTS_VOICE", "alloy", "pipeline engine: voice of audio.speech"),
+    Setting(
+        "GLOSSARY_FILE",
+        "",
+        "pipeline engine: UTF-8 text file of term translations added to the "
+        "translation prompt (at most 64 KiB)",
+    ),
+    Setting(
+        "VAD_START_THRESHOLD",
+        "0.5",
+        "Silero VAD speech probability (0.01 to 0.99) that starts an utterance",
+    ),
+    Setting(
+        "VAD_STOP_THRESHOLD",
+        "0.35",
+        "speech probability below which audio counts as silence; at most the start",
+    ),
+    Setting(
+        "VAD_MIN_SILENCE_MS",
+        "500",
+        "milliseconds of silence that end an utterance",
+    ),
+    Setting(
+        "VAD_MIN_SPEECH_MS",
+        "60",
+        "milliseconds of speech an utterance needs to be sent, so clicks are not",
+    ),
+    Setting(
+        "MAX_UTTERANCE_S",
+        "15",
+        "seconds after which an utterance is split at its quietest point",
+    ),
+    Setting(
+        "UPSTREAM_TIMEOUT_S",
+        "10",
+        "seconds one pipeline request may wait for the service before it is retried",
+    ),
+    Setting(
+        "UPSTREAM_MAX_RETRIES",
+        "2",
+        "retries of a request after a rate limit, timeout or server error",
+    ),
+    Setting(
+        "FALLBACK_CONNECT_FAILURES",
+        "3",
+        "failed realtime connects in a row before a direction uses the pipeline",
+    ),
+    Setting(
+        "FALLBACK_AFTER_S",
+        "10",
+        "seconds without a working realtime session before the pipeline takes over",
+    ),
+    Setting(
+        "REALTIME_RETRY_S",
+        "60",
+        "seconds between tries of the realtime engine while on the pipeline",
     ),
 )
 
@@ -270,9 +446,48 @@ def _networks(name: str, raw: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+# A glossary goes into every translation prompt, so it must stay small.
+MAX_GLOSSARY_BYTES = 64 * 1024
+
+
+def _glossary_file(name: str, raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise SettingsError(f"{name}={raw!r} is invalid: no such file")
+    size = path.stat().st_size
+    if size > MAX_GLOSSARY_BYTES:
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: {size} bytes is more than the "
+            f"{MAX_GLOSSARY_BYTES} allowed"
+        )
+    try:
+        path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: it could not be read as UTF-8 text ({exc})"
+        ) from None
+    return path
+
+
 def _secret(name: str, raw: str) -> str:
     if len(raw) < 16:
         raise SettingsError(f"{name} is too short: use at least 16 characters")
+    return raw
+
+
+def _redis_url(name: str, raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: expected redis://HOST:PORT/DB or rediss://"
+        )
+    return raw
+
+
+def _node_id(name: str, raw: str) -> str:
+    if not raw.replace("-", "").replace("_", "").isalnum() or len(raw) > 64:
+        raise SettingsError(
+            f"{name}={raw!r} is invalid: expected 1 to 64 of A-Z a-z 0-9 _ -"
+        )
     return raw
 
 

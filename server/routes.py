@@ -11,6 +11,7 @@ from aiohttp import web
 
 from media.languages import LANGUAGES
 from server.keys import ENGINE_NAME, HUB, PUBLIC_DIR, SETTINGS, STARTED_AT
+from signaling.cluster import status as cluster_status
 
 VERSION = "0.1.0"
 
@@ -95,6 +96,9 @@ async def status(request: web.Request) -> web.Response:
             "connections": hub.connections,
             "waiting": hub.waiting_count,
             "calls": len(hub.calls),
-            "dependencies": {"upstream": upstream},
+            "dependencies": {
+                "upstream": upstream,
+                "redis": cluster_status(hub.cluster),
+            },
         }
     )

@@ -11,6 +11,7 @@ from aiohttp import WSMsgType, web
 from media import metrics
 from server.keys import CONNECT_LIMITS, CONNECTIONS, HUB, SETTINGS, TRUSTED_NETWORKS
 from signaling import messages
+from signaling.cluster import ClusterUnavailable
 from signaling.connection import CLOSE_POLICY_VIOLATION, SignalingConnection
 from signaling.ratelimit import TokenBucket, client_ip
 
@@ -56,7 +57,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     ip = request_ip(request)
     ws = web.WebSocketResponse(max_msg_size=HARD_MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S)
     await ws.prepare(request)
-    if not request.app[CONNECT_LIMITS].allow(ip):
+    if not await _allow_connect(request, ip):
         metrics.rate_limited.labels(kind="connect").inc()
         logger.info("WebSocket connect rate exceeded")
         await ws.send_json(
@@ -98,6 +99,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return ws
+
+
+async def _allow_connect(request: web.Request, ip: str) -> bool:
+    """Apply WS_CONNECTS_PER_MIN, across nodes when they share Redis."""
+    cluster = request.app[HUB].cluster
+    if cluster is not None and cluster.healthy:
+        try:
+            return await cluster.allow_connect(
+                ip, request.app[SETTINGS].ws_connects_per_min
+            )
+        except ClusterUnavailable as exc:
+            logger.info("connect limit counted on this node only: %s", exc)
+    return request.app[CONNECT_LIMITS].allow(ip)
 
 
 async def _write(ws: web.WebSocketResponse, connection: SignalingConnection) -> None:

@@ -24,8 +24,12 @@ class _DirectionEvents:
         self._captions = captions
         self._listener = listener
 
-    def on_caption(self, kind: TranscriptKind, delta: str) -> None:
+    def on_caption(
+        self, kind: TranscriptKind, delta: str, *, final: bool = False
+    ) -> None:
         self._captions.add(kind, delta)
+        if final:
+            self._captions.finish()
 
     def on_translation_state(self, state: State, engine: str, reason: str) -> None:
         logger.info(
@@ -36,6 +40,9 @@ class _DirectionEvents:
             reason or "-",
         )
         self._listener.send(messages.translation(state, engine, reason))
+
+    def on_translation_failed(self, message: str) -> None:
+        self._listener.send(messages.error("translation_failed", message))
 
 
 class Call:
@@ -122,4 +129,5 @@ class Call:
             labels=SessionLabels(call_id=self.id, participant_id=speaker.id),
             hear_original=listener.hear_original,
             unavailable_reason=None if same_language else unavailable_reason,
+            source_language=speaker.language,
         )

@@ -19,6 +19,7 @@ from media.peer import MediaLeg
 from media.sdp import BadSdp
 from signaling import messages
 from signaling.call import Call
+from signaling.cluster import Cluster, ClusterUnavailable, Entry
 from signaling.errors import ProtocolError
 from signaling.participant import Outbox, Participant
 
@@ -50,8 +51,9 @@ class Hub:
     within the period restores the call.
     """
 
-    def __init__(self, config: HubConfig) -> None:
+    def __init__(self, config: HubConfig, cluster: Cluster | None = None) -> None:
         self.config = config
+        self.cluster = cluster
         self.participants: dict[str, Participant] = {}
         self.calls: dict[str, Call] = {}
         self._waiting: dict[str | None, deque[Participant]] = {}
@@ -73,6 +75,8 @@ class Hub:
         return sum(len(queue) for queue in self._waiting.values())
 
     async def start(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.heartbeat()
         self._watchdog = asyncio.create_task(self._run_watchdog(), name="hub-watchdog")
 
     async def join(
@@ -100,8 +104,12 @@ class Hub:
             outbox=outbox,
         )
         participant_id_var.set(participant.id)
-        self.participants[participant.id] = participant
-        self._tokens[participant.resume_token] = participant
+        if self.cluster is not None and not self.cluster.healthy:
+            raise ProtocolError(
+                "server_busy",
+                "The server cannot reach its shared state; try again shortly.",
+            )
+        await self._register(participant)
         logger.info(
             "joined: language=%s room=%s", language, "yes" if message.room else "no"
         )
@@ -116,9 +124,16 @@ class Hub:
         await self._pair(participant)
         return participant
 
-    async def resume(self, token: str, outbox: Outbox) -> Participant:
-        """Bind the participant holding `token` to a new socket."""
+    async def resume(self, token: str, outbox: Outbox) -> Participant | None:
+        """Bind the participant holding `token` to a new socket.
+
+        With several nodes, a token of another node's participant gets a
+        `redirect` there, and a redirect reservation brings its holder in;
+        then None or the arriving participant is returned.
+        """
         participant = self._tokens.get(token)
+        if (participant is None or not participant.active) and self.cluster:
+            return await self._resume_from_cluster(token, outbox)
         if participant is None or not participant.active:
             raise ProtocolError(
                 "resume_failed",
@@ -133,15 +148,7 @@ class Hub:
         participant.signaling_up = True
         call = participant.call
         logger.info("resumed%s", " in a call" if call else "")
-        participant.send(
-            {
-                "type": "resumed",
-                "participant_id": participant.id,
-                "call_id": call.id if call else None,
-                "resume_token": participant.resume_token,
-                "ice_servers": list(self.config.ice_servers),
-            }
-        )
+        participant.send(self._resumed_message(participant, call))
         if call is not None:
             partner = call.partner_of(participant)
             participant.send(
@@ -155,16 +162,71 @@ class Hub:
             await self._pair(participant)
         return participant
 
+    async def _resume_from_cluster(
+        self, token: str, outbox: Outbox
+    ) -> Participant | None:
+        assert self.cluster is not None
+        try:
+            claimed = await self.cluster.claim_reservation(token)
+            if claimed is not None:
+                return await self._arrive(*claimed, outbox)
+            node = await self.cluster.token_node(token)
+            url = await self.cluster.node_url(node) if node else None
+        except ClusterUnavailable as exc:
+            logger.warning("resume lookup failed: %s", exc)
+            raise ProtocolError(
+                "server_busy",
+                "The server cannot reach its shared state; try again shortly.",
+            ) from None
+        if node is None or node == self.cluster.node_id:
+            raise ProtocolError(
+                "resume_failed", "The resume token is invalid or expired; join again."
+            )
+        if url is None:
+            logger.info("resume for a participant of a lost node")
+            outbox.send({"type": "partner_left", "reason": "node_lost"})
+            return None
+        logger.info("resume redirected to the node holding the participant")
+        outbox.send({"type": "redirect", "url": url, "token": token})
+        return None
+
+    async def _arrive(
+        self, entry: Entry, partner_id: str, outbox: Outbox
+    ) -> Participant:
+        """Take in a participant redirected here to meet `partner_id`."""
+        participant = Participant(
+            id=entry.participant_id,
+            language=entry.language,
+            ip=entry.ip,
+            name=entry.name,
+            room=entry.room,
+            hear_original=entry.hear_original,
+            outbox=outbox,
+        )
+        participant_id_var.set(participant.id)
+        await self._register(participant)
+        partner = self.participants.get(partner_id)
+        if partner is None or not partner.active or not self._is_waiting(partner):
+            logger.info("redirected participant arrived; the partner is gone")
+            participant.send(self._resumed_message(participant, None))
+            await self._pair(participant)
+            return participant
+        logger.info("redirected participant arrived")
+        self._remove_local_waiting(partner)
+        call = self._new_call(partner, participant)
+        participant.send(self._resumed_message(participant, call))
+        # The protocol's order: `resumed`, then `paired` to the redirected
+        # client, and only then `paired` to the partner.
+        await self._start_call(call, first=participant)
+        return participant
+
     def detach(self, participant: Participant, outbox: Outbox) -> None:
         """The socket of `outbox` closed; hold the participant for the grace."""
         if participant.outbox is not outbox or not participant.active:
             return
         participant.outbox = None
         participant.signaling_up = False
-        queue = self._waiting.get(participant.room)
-        if queue is not None and participant in queue:
-            queue.remove(participant)
-            self._drop_empty_queue(participant.room)
+        self._remove_local_waiting(participant, shared=True)
         self._presence_changed(participant)
 
     async def offer(self, participant: Participant, sdp: str) -> None:
@@ -206,10 +268,7 @@ class Hub:
     async def leave(self, participant: Participant, reason: str) -> None:
         """Remove a participant; a call they were in ends for the partner."""
         self._forget(participant)
-        queue = self._waiting.get(participant.room)
-        if queue is not None and participant in queue:
-            queue.remove(participant)
-            self._drop_empty_queue(participant.room)
+        if self._remove_local_waiting(participant, shared=True):
             logger.info("left the queue: %s", reason)
         call = participant.call
         if call is not None:
@@ -243,14 +302,21 @@ class Hub:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
+        for participant in self.waiting_participants():
+            self._remove_local_waiting(participant, shared=True)
         for call in list(self.calls.values()):
             await self.end_call(call, reasons={}, default="server_shutdown")
         for participant in list(self.participants.values()):
             self._forget(participant)
             await participant.close_media()
+        # Let queued Redis clean-ups finish before the rest is cancelled.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.leave_cluster()
         self._waiting.clear()
         self._update_gauges()
 
@@ -303,33 +369,156 @@ class Hub:
     # Pairing
 
     async def _pair(self, participant: Participant) -> None:
-        queue = self._waiting.setdefault(participant.room, deque())
+        if self.cluster is not None:
+            await self._pair_in_cluster(participant)
+            return
+        queue = self._waiting.get(participant.room)
         if not queue:
-            queue.append(participant)
-            participant.send({"type": "waiting"})
-            logger.info("waiting for a partner")
-            self._update_gauges()
+            self._add_local_waiting(participant)
             return
         partner = queue.popleft()
         self._drop_empty_queue(participant.room)
+        await self._start_call(self._new_call(partner, participant))
+
+    async def _pair_in_cluster(self, participant: Participant) -> None:
+        """Pair through the shared queue; a partner elsewhere means a redirect."""
+        assert self.cluster is not None
+        entry = self._entry(participant)
+        try:
+            # A popped entry of this node whose participant is gone is stale;
+            # retry a few times, then wait.
+            for _ in range(3):
+                found = await self.cluster.pair_or_wait(entry)
+                if found is None:
+                    participant.shared_entry = entry
+                    self._add_local_waiting(participant)
+                    return
+                if found.node != self.cluster.node_id:
+                    await self._redirect(participant, entry, found)
+                    return
+                partner = self.participants.get(found.participant_id)
+                if partner is not None and partner.active and self._is_waiting(partner):
+                    self._remove_local_waiting(partner)
+                    await self._start_call(self._new_call(partner, participant))
+                    return
+            self._add_local_waiting(participant)
+        except ClusterUnavailable as exc:
+            logger.warning("pairing failed: %s", exc)
+            participant.send(
+                messages.error(
+                    "server_busy",
+                    "The server cannot reach its shared state; join again shortly.",
+                )
+            )
+            await self.leave(participant, reason="disconnected")
+
+    async def _redirect(
+        self, participant: Participant, entry: Entry, found: Entry
+    ) -> None:
+        assert self.cluster is not None
+        token = await self.cluster.reserve(newcomer=entry, partner=found)
+        url = await self.cluster.node_url(found.node)
+        if url is None:
+            raise ClusterUnavailable(f"node {found.node!r} vanished while pairing")
+        logger.info("partner waits on another node; redirecting")
+        participant.send({"type": "redirect", "url": url, "token": token})
+        # The participant lives on at the partner's node; here it is gone.
+        self._forget(participant)
+        await participant.close_media()
+        participant.outbox = None
+
+    def _new_call(self, first: Participant, second: Participant) -> Call:
         call = Call(
-            a=partner,
-            b=participant,
+            a=first,
+            b=second,
             engine=self.config.engine,
             unavailable_reason=self.config.unavailable_reason,
             caption_final_s=self.config.caption_final_s,
         )
-        partner.call = call
-        participant.call = call
+        first.call = call
+        second.call = call
         self.calls[call.id] = call
+        return call
+
+    async def _start_call(self, call: Call, first: Participant | None = None) -> None:
+        """Send `paired` to both sides (`first` first) and start the media."""
         metrics.calls_started.inc()
         self._update_gauges()
-        for person in (partner, participant):
+        order = (call.b, call.a) if first is call.b else (call.a, call.b)
+        for person in order:
             other = call.partner_of(person)
             person.send(
                 {"type": "paired", "call_id": call.id, "partner": other.public_info()}
             )
         await call.start()
+
+    def _add_local_waiting(self, participant: Participant) -> None:
+        self._waiting.setdefault(participant.room, deque()).append(participant)
+        participant.send({"type": "waiting"})
+        logger.info("waiting for a partner")
+        self._update_gauges()
+
+    def _remove_local_waiting(
+        self, participant: Participant, *, shared: bool = False
+    ) -> bool:
+        """Take a participant out of the waiting queue; True if it was there.
+
+        With `shared`, its entry also leaves the cluster's queue.
+        """
+        queue = self._waiting.get(participant.room)
+        if queue is None or participant not in queue:
+            return False
+        queue.remove(participant)
+        self._drop_empty_queue(participant.room)
+        entry, participant.shared_entry = participant.shared_entry, None
+        if shared and entry is not None and self.cluster is not None:
+            self._spawn(self._remove_shared_entry(entry))
+        self._update_gauges()
+        return True
+
+    async def _remove_shared_entry(self, entry: Entry) -> None:
+        assert self.cluster is not None
+        try:
+            await self.cluster.remove_waiting(entry)
+        except ClusterUnavailable as exc:
+            logger.info("waiting entry left in Redis until its node check: %s", exc)
+
+    def _entry(self, participant: Participant) -> Entry:
+        assert self.cluster is not None
+        return Entry(
+            participant_id=participant.id,
+            node=self.cluster.node_id,
+            language=participant.language,
+            name=participant.name,
+            room=participant.room,
+            hear_original=participant.hear_original,
+            ip=participant.ip,
+        )
+
+    async def _register(self, participant: Participant) -> None:
+        self.participants[participant.id] = participant
+        self._tokens[participant.resume_token] = participant
+        await self._publish_token(participant.resume_token)
+
+    async def _publish_token(self, token: str) -> None:
+        if self.cluster is None:
+            return
+        ttl = int(self.config.max_call_s + self.config.resume_grace_s + 60)
+        try:
+            await self.cluster.publish_token(token, ttl)
+        except ClusterUnavailable as exc:
+            logger.info("resume token not shared, so resume works here only: %s", exc)
+
+    def _resumed_message(
+        self, participant: Participant, call: Call | None
+    ) -> dict[str, Any]:
+        return {
+            "type": "resumed",
+            "participant_id": participant.id,
+            "call_id": call.id if call else None,
+            "resume_token": participant.resume_token,
+            "ice_servers": list(self.config.ice_servers),
+        }
 
     def _is_waiting(self, participant: Participant) -> bool:
         return participant in self._waiting.get(participant.room, ())
@@ -394,9 +583,38 @@ class Hub:
                 self._roll_budget_day()
                 await self._enforce_call_limits(now - previous)
                 self._check_media(now)
+                if self.cluster is not None:
+                    await self._tend_cluster()
             except Exception:
                 logger.exception("watchdog check failed")
             previous = now
+
+    async def _tend_cluster(self) -> None:
+        """Heartbeat, drop dead nodes' entries, and requeue lost local ones.
+
+        A local waiting participant whose entry is neither queued nor
+        reserved was popped for a redirect whose holder never came: it goes
+        back to the front of the queue.
+        """
+        assert self.cluster is not None
+        await self.cluster.heartbeat()
+        if not self.cluster.healthy:
+            return
+        try:
+            removed = await self.cluster.purge_dead_nodes()
+            if removed:
+                logger.info("removed %d waiting entries of lost nodes", removed)
+            for participant in self.waiting_participants():
+                entry = participant.shared_entry
+                if entry is None:
+                    # Queued while Redis was down: share it now.
+                    participant.shared_entry = entry = self._entry(participant)
+                    await self.cluster.requeue_front(entry)
+                elif not await self.cluster.is_waiting_or_reserved(entry):
+                    logger.info("redirected partner never came; waiting again")
+                    await self.cluster.requeue_front(entry)
+        except ClusterUnavailable as exc:
+            logger.warning("cluster upkeep failed: %s", exc)
 
     def _check_media(self, now: float) -> None:
         """Mark media as dropped after MEDIA_TIMEOUT_S without inbound audio."""
@@ -426,6 +644,7 @@ class Hub:
         participant.previous_token = used
         participant.resume_token = secrets.token_urlsafe(24)
         self._tokens[participant.resume_token] = participant
+        self._spawn(self._publish_token(participant.resume_token))
 
     def _forget(self, participant: Participant) -> None:
         """Make the participant unreachable: no id, no tokens, no timer."""

@@ -13,6 +13,7 @@ from media.peer import InboundTap, MediaLeg
 
 if TYPE_CHECKING:
     from signaling.call import Call
+    from signaling.cluster import Entry
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Participant:
     media_down_since: float = 0.0
     grace: asyncio.TimerHandle | None = None
     leg_started_at: float = 0.0
+    # This participant's entry in the cluster's waiting queue, if any.
+    shared_entry: Entry | None = None
 
     @property
     def present(self) -> bool:

@@ -81,7 +81,8 @@ async def start_server() -> AsyncIterator[ServerFactory]:
     """Start the real application on 127.0.0.1 with settings from keywords.
 
     Keywords are environment variable names (`OPENAI_BASE_URL=...`); nothing
-    is read from the process environment or a `.env` file.
+    is read from the process environment or a `.env` file. Without PORT the
+    server takes a free port.
     """
     runners: list[web.AppRunner] = []
 
@@ -90,7 +91,7 @@ async def start_server() -> AsyncIterator[ServerFactory]:
         app = create_app(settings)
         runner = make_runner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", int(env.get("PORT", "0")))
         await site.start()
         runners.append(runner)
         port = runner.addresses[0][1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,18 +14,12 @@ import pytest
 
 from tests.fake_openai import FakeOpenAI
 from tests.support.peer import SignalingClient
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 10.0
 
 Launch = Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def health(url: str) -> int | None:
