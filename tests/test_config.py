@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Settings, SettingsError
+from server.config import SETTINGS_HELP, Settings, SettingsError
 
 
 def test_settings_defaults() -> None:
@@ -92,3 +92,9 @@ def test_main_help_lists_every_setting() -> None:
     )
     for name in ("PORT", "OPENAI_API_KEY", "ICE_SERVERS", "CAPTION_FINAL_MS"):
         assert name in result.stdout
+
+
+def test_env_example_lists_every_setting() -> None:
+    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    for setting in SETTINGS_HELP:
+        assert f"# {setting.name}=" in text, setting.name
