@@ -29,7 +29,7 @@ class InboundTap:
     """Where a participant's decoded microphone frames go.
 
     The tap outlives media connections: a new offer feeds the same tap, so
-    whoever listens (a call direction) does not notice the switch. Frames
+    its consumer (a call direction) does not notice the switch. Frames
     with no consumer are dropped, so a participant waiting for a partner
     costs no memory.
     """

@@ -13,7 +13,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def cors(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Answer preflights and add CORS headers on /api/* for allowed origins."""
+    """Respond to preflights and add CORS headers on /api/* for allowed origins."""
 
     @web.middleware
     async def add_cors_headers(
@@ -47,7 +47,7 @@ def cors(allowed: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse
 
 
 def timeout(seconds: float) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Answer 503 when an HTTP handler runs longer than `seconds`."""
+    """Return 503 when an HTTP handler runs longer than `seconds`."""
 
     @web.middleware
     async def limit_time(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -41,8 +41,8 @@ async def sessions(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].admin_token
     if token is None:
         raise web.HTTPNotFound()
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    authorization = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
         raise web.HTTPUnauthorized(
             text="Send Authorization: Bearer <ADMIN_TOKEN>.",
             headers={"WWW-Authenticate": "Bearer"},

@@ -20,18 +20,18 @@ logger = logging.getLogger(__name__)
 # Frames above this close the socket with 1009 (aiohttp does it); frames
 # between MAX_MESSAGE_BYTES and this get a `too_large` error instead.
 HARD_MAX_FRAME_BYTES = 1024 * 1024
-# Pings every HEARTBEAT_S; a client that does not answer is closed, so a
-# half-open connection is dropped after about twice this.
+# aiohttp pings every HEARTBEAT_S and closes a client that sends no pong, so
+# a half-open connection is dropped after about twice this.
 HEARTBEAT_S = 20.0
 
 
 def origin_allowed(
     origin: str | None, host: str | None, allowed: tuple[str, ...]
 ) -> bool:
-    """Whether a browser on `origin` may use this server.
+    """Return whether a browser page on `origin` may use this server.
 
-    Clients without an Origin header are not browsers and are allowed; a
-    browser page must come from this server's own host or a listed origin.
+    Clients without an Origin header are not browsers, so they are allowed.
+    A browser page must come from this server's own host or a listed origin.
     """
     if origin is None:
         return True

@@ -51,7 +51,7 @@ end
 
 
 class ClusterUnavailable(Exception):
-    """Redis could not be reached; the message says what failed."""
+    """Redis could not be reached; the message states what failed."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class Cluster:
             logger.info("could not remove the node key: %r", exc)
 
     async def node_url(self, node_id: str) -> str | None:
-        """The WebSocket URL of a live node, or None when it is dead."""
+        """Return the WebSocket URL of a live node, or None when it is dead."""
         value = await self._call(self._redis.get(self._node_key(node_id)))
         return value.decode() if value else None
 

@@ -125,11 +125,11 @@ class Hub:
         return participant
 
     async def resume(self, token: str, outbox: Outbox) -> Participant | None:
-        """Bind the participant holding `token` to a new socket.
+        """Bind the participant with `token` to a new socket and return it.
 
         With several nodes, a token of another node's participant gets a
-        `redirect` there, and a redirect reservation brings its holder in;
-        then None or the arriving participant is returned.
+        `redirect` to that node and None is returned. A redirect reservation
+        token creates the arriving participant here.
         """
         participant = self._tokens.get(token)
         if (participant is None or not participant.active) and self.cluster:
@@ -221,7 +221,10 @@ class Hub:
         return participant
 
     def detach(self, participant: Participant, outbox: Outbox) -> None:
-        """The socket of `outbox` closed; hold the participant for the grace."""
+        """Mark the participant unreachable after its socket closed.
+
+        The grace period starts, and the partner hears `partner_reconnecting`.
+        """
         if participant.outbox is not outbox or not participant.active:
             return
         participant.outbox = None
@@ -565,9 +568,9 @@ class Hub:
             return
         self._mark_media_down(participant, "ICE failed")
 
-    def _mark_media_down(self, participant: Participant, why: str) -> None:
+    def _mark_media_down(self, participant: Participant, reason: str) -> None:
         participant_id_var.set(participant.id)
-        logger.info("media dropped: %s", why)
+        logger.info("media dropped: %s", reason)
         participant.media_down = True
         participant.media_down_since = asyncio.get_running_loop().time()
         self._presence_changed(participant)
