@@ -14,6 +14,7 @@ from media.engines.base import (
     SessionLabels,
     State,
     TranscriptKind,
+    UpstreamFailure,
 )
 from media.outbound import ListenerMixer
 
@@ -21,11 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class DirectionListener(Protocol):
-    def on_caption(self, kind: TranscriptKind, delta: str) -> None:
-        """A transcript delta of this direction's speaker."""
+    def on_caption(
+        self, kind: TranscriptKind, delta: str, *, final: bool = False
+    ) -> None:
+        """Take a transcript delta of this speaker; `final` ends the utterance."""
 
     def on_translation_state(self, state: State, engine: str, reason: str) -> None:
         """What the listener now hears; called only when it changes."""
+
+    def on_translation_failed(self, message: str) -> None:
+        """Report a request that the service rejected for good (an invalid key)."""
 
 
 class Direction:
@@ -48,6 +54,7 @@ class Direction:
         labels: SessionLabels,
         hear_original: bool,
         unavailable_reason: str | None = None,
+        source_language: str | None = None,
     ) -> None:
         self._engine = engine
         self._mixer = mixer
@@ -60,9 +67,13 @@ class Direction:
         self._mixer_input_rate: int | None = None
         self._session: EngineSession | None = None
         self._state: tuple[State, str, str] | None = None
+        self._failure_reported = False
         if engine is not None:
             self._session = engine.open_session(
-                target_language=target_language, listener=self, labels=labels
+                target_language=target_language,
+                listener=self,
+                labels=labels,
+                source_language=source_language,
             )
             self._to_engine = Resampler(self._session.input_rate)
 
@@ -85,7 +96,7 @@ class Direction:
 
     def set_hear_original(self, enabled: bool) -> None:
         self._hear_original = enabled
-        if self._state is not None and self._state[0] == "ready" and self._session:
+        if self._mixer.original_mode != "full" and self._session:
             self._mixer.set_original_mode("ducked" if enabled else "off")
 
     def on_frame(self, frame: av.AudioFrame) -> None:
@@ -105,16 +116,32 @@ class Direction:
             pcm = self._to_mixer.resample_pcm(pcm, rate)
         self._mixer.push_translated(pcm)
 
-    def on_transcript(self, kind: TranscriptKind, delta: str) -> None:
-        self._listener.on_caption(kind, delta)
+    def on_transcript(
+        self, kind: TranscriptKind, delta: str, *, final: bool = False
+    ) -> None:
+        self._listener.on_caption(kind, delta, final=final)
 
-    def on_state(self, state: State, reason: str) -> None:
-        if state == "ready":
+    def on_state(self, state: State, reason: str, *, engine: str | None = None) -> None:
+        # A fallback engine still translates, so its `degraded` mutes the
+        # original voice as `ready` does.
+        translating = state == "ready" or (state == "degraded" and engine is not None)
+        if translating:
             self._mixer.set_original_mode("ducked" if self._hear_original else "off")
         else:
             self._mixer.set_original_mode("full")
+        if translating:
+            self._failure_reported = False
         assert self._engine is not None
-        self._report(state, self._engine.name, reason)
+        self._report(state, engine or self._engine.name, reason)
+
+    def on_failure(self, failure: UpstreamFailure) -> None:
+        if failure.retryable or self._failure_reported:
+            return
+        self._failure_reported = True
+        self._listener.on_translation_failed(
+            f"Translation failed because the service rejected the request "
+            f"({failure.message}); you hear the original voice."
+        )
 
     def _report(self, state: State, engine: str, reason: str) -> None:
         if self._state == (state, engine, reason):

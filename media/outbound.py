@@ -27,8 +27,13 @@ logger = logging.getLogger(__name__)
 # Translated speech arrives in bursts faster than real time, so its queue must
 # hold a whole phrase; past this it drops the oldest audio.
 TRANSLATED_CAPACITY_S = 20.0
-# The original voice is live: keep at most this much so it never lags behind.
-ORIGINAL_CAPACITY_S = 0.1
+# The original voice is live. Its queue absorbs bursts from the inbound
+# jitter buffer up to ORIGINAL_CAPACITY_S, but a backlog above
+# ORIGINAL_TARGET_S that lasts ORIGINAL_TRIM_AFTER_FRAMES pulls is cut back,
+# so the voice does not stay behind after a burst.
+ORIGINAL_CAPACITY_S = 0.3
+ORIGINAL_TARGET_S = 0.06
+ORIGINAL_TRIM_AFTER_FRAMES = 25
 # Gains of the original voice under translated speech, as interpreters duck it:
 # lower while the translation speaks, a little louder in its pauses.
 DUCK_GAIN_SPEAKING = 0.2
@@ -80,6 +85,13 @@ class SampleQueue:
         self._size -= filled
         return out, filled
 
+    def trim_to(self, size: int) -> None:
+        """Drop the oldest samples until at most `size` remain."""
+        if self._size > size:
+            excess = self._size - size
+            self.dropped_samples += excess
+            self._discard(excess)
+
     def clear(self) -> None:
         self._chunks.clear()
         self._size = 0
@@ -111,6 +123,7 @@ class ListenerMixer:
         self.original_mode = "full"  # "full", "ducked" or "off"
         self.frames_pulled = 0
         self.translated_underruns = 0
+        self._original_backlog_frames = 0
 
     def push_translated(self, pcm: Pcm) -> None:
         self.translated.push(pcm)
@@ -138,11 +151,22 @@ class ListenerMixer:
         if self.original_mode == "off" or len(self.original) == 0:
             return translated
         original, _ = self.original.pull(SAMPLES_PER_FRAME)
+        self._limit_original_backlog()
         if self.original_mode == "full":
             return mix(translated, original, 1.0)
         speaking = float(np.sqrt(np.mean(translated.astype(np.float32) ** 2)))
         gain = DUCK_GAIN_SPEAKING if speaking > SPEAKING_RMS else DUCK_GAIN_PAUSE
         return mix(translated, original, gain)
+
+    def _limit_original_backlog(self) -> None:
+        target = int(ORIGINAL_TARGET_S * OUTPUT_RATE)
+        if len(self.original) <= target:
+            self._original_backlog_frames = 0
+            return
+        self._original_backlog_frames += 1
+        if self._original_backlog_frames >= ORIGINAL_TRIM_AFTER_FRAMES:
+            self.original.trim_to(target)
+            self._original_backlog_frames = 0
 
 
 class OutboundAudioTrack(MediaStreamTrack):

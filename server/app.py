@@ -139,7 +139,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
     aiohttp closes a connection that has not sent a whole request within
     its keep-alive timeout, even while bytes trickle in, so a slowloris
-    client holds a socket for at most REQUEST_TIMEOUT_S.
+    client keeps a socket for at most REQUEST_TIMEOUT_S.
     """
     return web.AppRunner(
         app,

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def build_engine(settings: Settings, client: AsyncOpenAI) -> Engine:
     """Return the realtime engine with the pipeline as its fallback, or the
-    pipeline alone, as `settings.engine_choice` says.
+    pipeline alone, as `settings.engine_choice` selects.
 
     Raises SettingsError when the glossary file cannot be read as UTF-8.
     """

@@ -8,7 +8,14 @@ import time
 import numpy as np
 
 from media.audio import OUTPUT_RATE, SAMPLES_PER_FRAME, TIME_BASE
-from media.outbound import ListenerMixer, OutboundAudioTrack, SampleQueue
+from media.outbound import (
+    ORIGINAL_CAPACITY_S,
+    ORIGINAL_TARGET_S,
+    ORIGINAL_TRIM_AFTER_FRAMES,
+    ListenerMixer,
+    OutboundAudioTrack,
+    SampleQueue,
+)
 
 
 def tone(seconds: float, amplitude: int = 8000) -> np.ndarray:
@@ -47,7 +54,20 @@ def test_mixer_original_queue_stays_short() -> None:
     mixer = ListenerMixer()
     for _ in range(100):
         mixer.push_original(tone(0.02))
-    assert len(mixer.original) <= OUTPUT_RATE // 10
+    assert len(mixer.original) <= int(ORIGINAL_CAPACITY_S * OUTPUT_RATE)
+
+
+def test_mixer_original_backlog_trimmed() -> None:
+    """A burst is kept at first, but a lasting backlog is cut to the target."""
+    mixer = ListenerMixer()
+    for _ in range(10):
+        mixer.push_original(tone(0.02))
+    backlog = len(mixer.original)
+    for _ in range(ORIGINAL_TRIM_AFTER_FRAMES):
+        mixer.push_original(tone(0.02))
+        mixer.pull_frame()
+    assert backlog == 10 * SAMPLES_PER_FRAME
+    assert len(mixer.original) <= int(ORIGINAL_TARGET_S * OUTPUT_RATE)
 
 
 def test_mixer_ducks_original_under_translation() -> None:

@@ -19,6 +19,23 @@ State = Literal["ready", "degraded", "unavailable"]
 
 
 @dataclass(frozen=True)
+class UpstreamFailure:
+    """A request to the translation service that failed.
+
+    `retryable` is False for errors that the same request cannot fix, such
+    as an invalid key or an exhausted quota. `message` names the HTTP status
+    and error code, never the key.
+    """
+
+    message: str
+    retryable: bool
+    outcome: str
+    status: int | None = None
+    code: str | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
 class SessionLabels:
     """Ids that a session puts on its log lines."""
 
@@ -30,11 +47,24 @@ class SessionListener(Protocol):
     def on_audio(self, pcm: Pcm, rate: int) -> None:
         """Translated speech, mono int16 at `rate`."""
 
-    def on_transcript(self, kind: TranscriptKind, delta: str) -> None:
-        """An append-only piece of the original or translated transcript."""
+    def on_transcript(
+        self, kind: TranscriptKind, delta: str, *, final: bool = False
+    ) -> None:
+        """An append-only piece of the original or translated transcript.
 
-    def on_state(self, state: State, reason: str) -> None:
-        """The session became usable (`ready`) or stopped translating."""
+        `final` marks the last piece of an utterance, both kinds included.
+        """
+
+    def on_state(self, state: State, reason: str, *, engine: str | None = None) -> None:
+        """The session became usable (`ready`) or stopped translating.
+
+        `engine` names a fallback engine that translates in place of the
+        session's own; `degraded` with an engine still carries translated
+        speech, `degraded` without one carries none.
+        """
+
+    def on_failure(self, failure: UpstreamFailure) -> None:
+        """A request failed after the session's own retries."""
 
 
 class EngineSession(abc.ABC):
@@ -67,5 +97,9 @@ class Engine(abc.ABC):
         target_language: str,
         listener: SessionListener,
         labels: SessionLabels,
+        source_language: str | None = None,
     ) -> EngineSession:
-        """Create a session that translates into `target_language`."""
+        """Create a session that translates into `target_language`.
+
+        `source_language`, the speaker's language when known, is a hint.
+        """

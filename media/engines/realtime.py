@@ -39,7 +39,9 @@ from media.engines.base import (
     EngineSession,
     SessionLabels,
     SessionListener,
+    UpstreamFailure,
 )
+from media.engines.upstream import classify, record_request
 from media.logcontext import call_id_var, participant_id_var
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class RealtimeEngine(Engine):
         target_language: str,
         listener: SessionListener,
         labels: SessionLabels,
+        source_language: str | None = None,
     ) -> RealtimeSession:
         return RealtimeSession(
             client=self._client,
@@ -122,6 +125,7 @@ class RealtimeSession(EngineSession):
         self.sent_chunks = 0
         self.connects = 0
         self.errors = 0
+        self.connect_failures = 0
 
     async def start(self) -> None:
         call_id_var.set(self._labels.call_id)
@@ -151,37 +155,53 @@ class RealtimeSession(EngineSession):
         if task is None:
             return
         connection = self._connection
-        if connection is not None and self._configured:
+        if connection is None:
+            # Waiting to connect or to retry: nothing to close politely.
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        if self._configured:
             try:
                 await connection.session.close()
             except CONNECTION_ERRORS as exc:
                 logger.debug("session.close was not sent: %r", exc)
-        try:
-            await asyncio.wait_for(asyncio.shield(task), CLOSE_TIMEOUT_S)
-        except TimeoutError:
+        # asyncio.wait neither raises the task's own error or cancellation
+        # nor cancels it, so a session that died while closing ends quietly.
+        await asyncio.wait([task], timeout=CLOSE_TIMEOUT_S)
+        if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
             started = time.monotonic()
-            outcome, detail = "closed", ""
+            failure: UpstreamFailure | None = None
+            outcome = "closed"
             try:
-                configured = await self._connect_once()
-                if configured:
-                    attempt = 0
-                else:
-                    outcome = "not_configured"
+                configured = await self._connect_once(started)
             except CONNECTION_ERRORS as exc:
-                outcome, detail = "failed", repr(exc)
+                configured = self._configured
+                failure = classify(exc)
             except Exception:
                 logger.exception("realtime session failed unexpectedly")
-                outcome, detail = "failed", "unexpected error"
+                configured = self._configured
+                failure = UpstreamFailure("unexpected error", True, "error")
             finally:
                 self._configured = False
                 self._connection = None
                 self._pending.clear()
+            if configured:
+                attempt = 0
+            elif failure is None:
+                outcome = "not_configured"
+                failure = UpstreamFailure(
+                    "the session closed before it was configured",
+                    True,
+                    "connection_error",
+                )
+            if failure is not None and outcome == "closed":
+                outcome = "failed"
             metrics.upstream_sessions.labels(engine="realtime", outcome=outcome).inc()
             logger.info(
                 "realtime session ended: model=%s language=%s duration_s=%.1f "
@@ -190,18 +210,42 @@ class RealtimeSession(EngineSession):
                 self._target_language,
                 time.monotonic() - started,
                 outcome,
-                detail,
+                failure.message if failure is not None else "",
             )
             if self._closing:
                 break
+            if not configured and failure is not None:
+                self._report_connect_failure(failure, started)
+                if not failure.retryable:
+                    self._listener.on_state(
+                        "unavailable",
+                        "The translation service rejected the connection "
+                        f"({failure.message}), so you hear the original voice.",
+                    )
+                    return
             self._listener.on_state(
                 "degraded", "reconnecting to the translation service"
             )
             delay = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2**attempt)
+            delay *= random.uniform(0.8, 1.2)
+            if failure is not None and failure.retry_after_s is not None:
+                delay = max(delay, failure.retry_after_s)
             attempt += 1
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await asyncio.sleep(delay)
 
-    async def _connect_once(self) -> bool:
+    def _report_connect_failure(self, failure: UpstreamFailure, started: float) -> None:
+        self.connect_failures += 1
+        record_request(
+            engine=RealtimeEngine.name,
+            endpoint="realtime.connect",
+            model=self._model,
+            started=started,
+            outcome=failure.outcome,
+            detail=failure.message,
+        )
+        self._listener.on_failure(failure)
+
+    async def _connect_once(self, started: float) -> bool:
         """Run one connection until it ends; return whether it got configured."""
         self.connects += 1
         manager = self._client.realtime.translations.connect(model=self._model)
@@ -216,6 +260,14 @@ class RealtimeSession(EngineSession):
                     if event.type == "session.updated" and not self._configured:
                         deadline.reschedule(None)
                         self._configured = True
+                        record_request(
+                            engine=RealtimeEngine.name,
+                            endpoint="realtime.connect",
+                            model=self._model,
+                            started=started,
+                            outcome="ok",
+                            detail="",
+                        )
                         self._pending.clear()
                         sender = asyncio.create_task(self._send_audio(connection))
                         logger.info(

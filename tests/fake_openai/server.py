@@ -50,6 +50,7 @@ from .realtime import (
     session_updated_event,
     validate_client_event,
 )
+from .rest import MAX_UPLOAD_BYTES, FakeRest
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +475,9 @@ class FakeOpenAI:
         self._base_url: str | None = None
         self._rejections_left = 0
         self._rejection_status = 500
+        self._rejection_retry_after_s: float | None = None
         self._actions: set[asyncio.Task[None]] = set()
+        self.rest = FakeRest(lambda: self.options.api_keys)
 
     @property
     def base_url(self) -> str:
@@ -488,8 +491,9 @@ class FakeOpenAI:
         url_host = _url_host(host)
         if self._runner is not None:
             raise RuntimeError("FakeOpenAI is already started")
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
         app.router.add_get(TRANSLATIONS_PATH, self._handle_translations)
+        self.rest.add_routes(app)
         app.router.add_route("*", "/{path:.*}", self._handle_unknown_path)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
         await runner.setup()
@@ -509,6 +513,7 @@ class FakeOpenAI:
         if runner is None:
             return
         self._runner = None
+        self.rest.stop()
         connections = list(self._connections)
         await asyncio.gather(
             *(connection.close(WSCloseCode.GOING_AWAY) for connection in connections)
@@ -600,8 +605,13 @@ class FakeOpenAI:
             "send_error",
         )
 
-    def reject_connects(self, count: int, status: int = 500) -> None:
-        """Fail the next `count` upgrade requests with HTTP `status`."""
+    def reject_connects(
+        self, count: int, status: int = 500, *, retry_after_s: float | None = None
+    ) -> None:
+        """Fail the next `count` upgrade requests with HTTP `status`.
+
+        `retry_after_s` adds `retry-after-ms` and `retry-after` headers.
+        """
         if count < 0:
             raise ValueError(f"count must be 0 or more, got {count!r}")
         if not 400 <= status <= 599:
@@ -610,6 +620,7 @@ class FakeOpenAI:
             )
         self._rejections_left = count
         self._rejection_status = status
+        self._rejection_retry_after_s = retry_after_s
 
     def _spawn(self, calls: list[Awaitable[None]], name: str) -> asyncio.Task[None]:
         async def run_all() -> None:
@@ -639,7 +650,12 @@ class FakeOpenAI:
     def _check_upgrade(self, request: web.Request) -> web.Response | None:
         if self._rejections_left > 0:
             self._rejections_left -= 1
-            return _rejection_response(self._rejection_status)
+            response = _rejection_response(self._rejection_status)
+            retry_after_s = self._rejection_retry_after_s
+            if retry_after_s is not None:
+                response.headers["retry-after-ms"] = str(round(retry_after_s * 1000))
+                response.headers["retry-after"] = str(max(1, round(retry_after_s)))
+            return response
         token = _bearer_token(request.headers.get("Authorization"))
         if token is None:
             return _api_error_response(
