@@ -392,29 +392,27 @@ def _text(name: str, raw: str) -> str:
 
 
 def _int_range(low: int, high: int) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise SettingsError(
-                f"{name}={raw!r} is invalid: expected an integer from {low} to {high}"
-            )
-        return value
-
-    return parse
+    return _number_range(int, low, high, "an integer")
 
 
 def _float_range(low: float, high: float) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
+    return _number_range(float, low, high, "a number")
+
+
+N = TypeVar("N", int, float)
+
+
+def _number_range(
+    convert: Callable[[str], N], low: N, high: N, kind: str
+) -> Callable[[str, str], N]:
+    def parse(name: str, raw: str) -> N:
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            value = low - 1
-        if not low <= value <= high:
+            value = None
+        if value is None or not low <= value <= high:
             raise SettingsError(
-                f"{name}={raw!r} is invalid: expected a number from {low:g} to {high:g}"
+                f"{name}={raw!r} is invalid: expected {kind} from {low:g} to {high:g}"
             )
         return value
 
