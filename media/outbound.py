@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 # Translated speech arrives in bursts faster than real time, so its queue must
 # hold a whole phrase; past this it drops the oldest audio.
 TRANSLATED_CAPACITY_S = 20.0
+# The realtime engine keeps sending all-zero audio between phrases, so its
+# stream never pauses, and each late delta would delay the rest of the call by
+# the gap it left. The gaps are counted (up to MAX_GAP_DEBT_S) and later taken
+# back from all-zero frames, at most MAX_SILENT_FRAMES_SKIPPED extra frames per
+# frame sent. Speech and the content's own pauses are never skipped. A stream
+# that stays empty for STREAM_PAUSE_FRAMES has paused, and its debt is void.
+MAX_GAP_DEBT_S = 1.0
+MAX_SILENT_FRAMES_SKIPPED = 4
+STREAM_PAUSE_FRAMES = 10
 # The original voice is live. Its queue absorbs bursts from the inbound
 # jitter buffer up to ORIGINAL_CAPACITY_S, but a backlog above
 # ORIGINAL_TARGET_S that lasts ORIGINAL_TRIM_AFTER_FRAMES pulls is cut back,
@@ -123,6 +132,9 @@ class ListenerMixer:
         self.original_mode = "full"  # "full", "ducked" or "off"
         self.frames_pulled = 0
         self.translated_underruns = 0
+        self.silent_frames_skipped = 0
+        self._gap_debt = 0
+        self._empty_pulls = 0
         self._original_backlog_frames = 0
 
     def push_translated(self, pcm: Pcm) -> None:
@@ -147,7 +159,7 @@ class ListenerMixer:
 
     def pull_frame(self) -> Pcm:
         self.frames_pulled += 1
-        translated, _ = self.translated.pull(SAMPLES_PER_FRAME)
+        translated = self._pull_translated()
         if self.original_mode == "off" or len(self.original) == 0:
             return translated
         original, _ = self.original.pull(SAMPLES_PER_FRAME)
@@ -157,6 +169,36 @@ class ListenerMixer:
         speaking = float(np.sqrt(np.mean(translated.astype(np.float32) ** 2)))
         gain = DUCK_GAIN_SPEAKING if speaking > SPEAKING_RMS else DUCK_GAIN_PAUSE
         return mix(translated, original, gain)
+
+    def _pull_translated(self) -> Pcm:
+        frame, real = self.translated.pull(SAMPLES_PER_FRAME)
+        self._count_gap(real)
+        skipped = 0
+        while (
+            skipped < MAX_SILENT_FRAMES_SKIPPED
+            and self._gap_debt >= SAMPLES_PER_FRAME
+            and len(self.translated) >= SAMPLES_PER_FRAME
+            and not frame.any()
+        ):
+            frame, _ = self.translated.pull(SAMPLES_PER_FRAME)
+            self._gap_debt -= SAMPLES_PER_FRAME
+            self.silent_frames_skipped += 1
+            skipped += 1
+        return frame
+
+    def _count_gap(self, real: int) -> None:
+        if real == SAMPLES_PER_FRAME:
+            self._empty_pulls = 0
+            return
+        self.translated_underruns += 1
+        self._empty_pulls = self._empty_pulls + 1 if real == 0 else 0
+        if self._empty_pulls >= STREAM_PAUSE_FRAMES:
+            self._gap_debt = 0
+            return
+        self._gap_debt = min(
+            self._gap_debt + SAMPLES_PER_FRAME - real,
+            int(MAX_GAP_DEBT_S * OUTPUT_RATE),
+        )
 
     def _limit_original_backlog(self) -> None:
         target = int(ORIGINAL_TARGET_S * OUTPUT_RATE)

@@ -108,3 +108,62 @@ async def test_outbound_track_gap_yields_silence() -> None:
         frames = [await track.recv() for _ in range(5)]
     assert all(not frame.to_ndarray().any() for frame in frames)
     track.stop()
+
+
+def frames_until_sound(mixer: ListenerMixer, limit: int) -> int:
+    for count in range(1, limit + 1):
+        if mixer.pull_frame().any():
+            return count
+    return limit + 1
+
+
+def test_mixer_recovers_gap_from_silence() -> None:
+    """A late delta's gap is taken back from the zeros that follow it."""
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_translated(tone(0.1))
+    assert frames_until_sound(mixer, 1) == 1
+    for _ in range(4):
+        mixer.pull_frame()
+    # Two frames go out empty: the stream is now 40 ms behind.
+    assert not mixer.pull_frame().any()
+    assert not mixer.pull_frame().any()
+    mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
+    mixer.push_translated(tone(0.2))
+    # The 10 frames of zeros play as 8: the 2 late frames are taken back.
+    assert frames_until_sound(mixer, 12) == 9
+    assert mixer.silent_frames_skipped == 2
+
+
+def test_mixer_keeps_pauses_without_gaps() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_translated(tone(0.1))
+    mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
+    mixer.push_translated(tone(0.1))
+    for _ in range(5):
+        mixer.pull_frame()
+    assert frames_until_sound(mixer, 12) == 11
+    assert mixer.silent_frames_skipped == 0
+
+
+def test_mixer_forgets_gaps_after_pause() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_translated(tone(0.02))
+    for _ in range(30):
+        mixer.pull_frame()
+    mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
+    mixer.push_translated(tone(0.1))
+    assert frames_until_sound(mixer, 12) == 11
+    assert mixer.silent_frames_skipped == 0
+
+
+def test_mixer_never_skips_speech() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    mixer.push_translated(tone(1.0))
+    frames = [mixer.pull_frame() for _ in range(50)]
+    assert all(frame.any() for frame in frames)
+    assert mixer.silent_frames_skipped == 0
+    assert len(mixer.translated) == 0
