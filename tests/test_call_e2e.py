@@ -106,7 +106,7 @@ async def open_call() -> AsyncIterator[OpenCall]:
 
 
 async def drain(signaling: SignalingClient) -> None:
-    """Read every message sent so far, so `of_type` sees them."""
+    """Read every message sent so far, so that `of_type` includes them."""
     await signaling.send({"type": "ping"})
     await signaling.expect("pong", TIMEOUT)
 

@@ -34,7 +34,7 @@ async def health(url: str) -> int | None:
 
 
 async def wait_for_health(url: str, status: int) -> None:
-    """Poll /api/health until it answers `status`; a process has no event."""
+    """Poll /api/health until it returns `status`; a child process sets no event."""
     for _ in range(int(TIMEOUT / 0.1)):
         if await health(url) == status:
             return
