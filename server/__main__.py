@@ -32,11 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--env-file", type=Path, default=Path(".env"), help="file of settings"
+        "--env-file",
+        type=Path,
+        default=None,
+        help="file of settings (default: .env in the working folder, if any)",
     )
     args = parser.parse_args(argv)
+    if args.env_file is not None and not args.env_file.is_file():
+        print(
+            f"error: --env-file {str(args.env_file)!r} was not found", file=sys.stderr
+        )
+        return 2
     try:
-        settings = Settings.from_env(os.environ, args.env_file)
+        settings = Settings.from_env(os.environ, args.env_file or Path(".env"))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

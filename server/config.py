@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -172,7 +173,7 @@ class Settings:
                 _text,
                 cls.realtime_transcription_model,
             ),
-            cors_origins=get("CORS_ORIGINS", _csv, ()),
+            cors_origins=get("CORS_ORIGINS", _origins, ()),
             log_level=get("LOG_LEVEL", _log_level, cls.log_level),
             max_message_bytes=get(
                 "MAX_MESSAGE_BYTES", _int_range(256, 1024 * 1024), 65536
@@ -417,6 +418,29 @@ def _number_range(
         return value
 
     return parse
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = []
+    for item in _csv(name, raw):
+        if item != "*":
+            parts = urlsplit(item)
+            try:
+                port_ok = parts.port is None or parts.port > 0
+            except ValueError:
+                port_ok = False
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or (parts.path not in ("", "/") or not port_ok)
+            ):
+                raise SettingsError(
+                    f"{name} has an invalid origin {item!r}: expected * or "
+                    "entries like https://example.com or http://localhost:8080"
+                )
+            item = item.rstrip("/")
+        origins.append(item)
+    return tuple(origins)
 
 
 def _choice(*choices: str) -> Callable[[str, str], str]:

@@ -33,6 +33,10 @@ def test_settings_defaults() -> None:
         ("ICE_SERVERS", "{", "ICE_SERVERS is invalid JSON"),
         ("ICE_SERVERS", '[{"urls": "http://x"}]', "invalid url 'http://x'"),
         ("MAX_MESSAGE_BYTES", "10", "MAX_MESSAGE_BYTES='10' is invalid"),
+        ("CORS_ORIGINS", "not a url", "invalid origin 'not a url'"),
+        ("CORS_ORIGINS", "ftp://x", "invalid origin 'ftp://x'"),
+        ("CORS_ORIGINS", "http://x:99999", "invalid origin 'http://x:99999'"),
+        ("CORS_ORIGINS", "https://a.example/path", "invalid origin"),
     ],
 )
 def test_settings_invalid_value(name: str, value: str, expected: str) -> None:
@@ -98,3 +102,22 @@ def test_env_example_lists_every_setting() -> None:
     text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
     for setting in SETTINGS_HELP:
         assert f"# {setting.name}=" in text, setting.name
+
+
+def test_main_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--env-file", "missing.env"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--env-file 'missing.env' was not found" in result.stderr
+
+
+def test_settings_cors_origins_normalized() -> None:
+    settings = Settings.from_env({"CORS_ORIGINS": "https://a.example/, *"})
+    assert settings.cors_origins == ("https://a.example", "*")
