@@ -1,9 +1,9 @@
 """Look for Python objects that calls leave behind, with tracemalloc.
 
-Runs the server and the fake OpenAI in this process, opens and ends N
-translated calls at the signaling level (each opens and closes two realtime
-sessions upstream, without WebRTC media), and reports the memory still
-allocated afterwards by frames of the product's own packages.
+The server and the fake OpenAI run in this process. N translated calls are
+opened and ended at the signaling level, each opening and closing two
+realtime sessions upstream but no WebRTC media. The report gives the memory
+still allocated afterwards by frames of the product's own packages.
 
     .venv/bin/python -m bench.leak_check --calls 300
 """

@@ -1,4 +1,4 @@
-"""What a listener hears: a mixer of translated and original speech, and the
+"""The listener's audio: a mixer of translated and original speech, and the
 clock-paced track that sends it as 20 ms frames."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ FrameConsumer = Callable[[av.AudioFrame], None]
 
 
 class InboundTap:
-    """Where a participant's decoded microphone frames go.
+    """The destination of a participant's decoded microphone frames.
 
     The tap outlives media connections: a new offer feeds the same tap, so
     its consumer (a call direction) does not notice the switch. Frames
@@ -50,7 +50,7 @@ class InboundTap:
 
 
 class MediaLeg:
-    """One `RTCPeerConnection` answering one client offer."""
+    """One `RTCPeerConnection`, created for one client offer."""
 
     def __init__(
         self,

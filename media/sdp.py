@@ -7,7 +7,7 @@ MAX_SDP_LINES = 500
 
 
 class BadSdp(ValueError):
-    """An offer or candidate the server cannot use; the message says why."""
+    """An offer or candidate the server cannot use; the message states why."""
 
 
 def check_offer(sdp: str) -> None:

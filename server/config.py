@@ -429,11 +429,13 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
                 port_ok = parts.port is None or parts.port > 0
             except ValueError:
                 port_ok = False
-            if (
-                parts.scheme not in ("http", "https")
-                or not parts.netloc
-                or (parts.path not in ("", "/") or not port_ok)
-            ):
+            valid = (
+                parts.scheme in ("http", "https")
+                and bool(parts.netloc)
+                and parts.path in ("", "/")
+                and port_ok
+            )
+            if not valid:
                 raise SettingsError(
                     f"{name} has an invalid origin {item!r}: expected * or "
                     "entries like https://example.com or http://localhost:8080"

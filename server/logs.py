@@ -8,9 +8,9 @@ import time
 
 from media.logcontext import ContextFilter
 
-# Each distinct warning or error (same logger and message template) is
-# logged at most this many times per window; the rest are counted and the
-# count is reported with the next one that gets through.
+# Each distinct warning or error (same logger and message template) is logged
+# at most this many times per window. The rest are counted, and the count is
+# reported with the next one that gets through.
 REPEATS_PER_WINDOW = 5
 REPEAT_WINDOW_S = 60.0
 

@@ -105,10 +105,7 @@ class Hub:
         )
         participant_id_var.set(participant.id)
         if self.cluster is not None and not self.cluster.healthy:
-            raise ProtocolError(
-                "server_busy",
-                "The server cannot reach its shared state; try again shortly.",
-            )
+            raise _shared_state_unavailable()
         await self._register(participant)
         logger.info(
             "joined: language=%s room=%s", language, "yes" if message.room else "no"
@@ -135,10 +132,7 @@ class Hub:
         if (participant is None or not participant.active) and self.cluster:
             return await self._resume_from_cluster(token, outbox)
         if participant is None or not participant.active:
-            raise ProtocolError(
-                "resume_failed",
-                "The resume token is invalid or expired; join again.",
-            )
+            raise _resume_failed()
         participant_id_var.set(participant.id)
         old = participant.outbox
         if old is not None and old is not outbox:
@@ -174,14 +168,9 @@ class Hub:
             url = await self.cluster.node_url(node) if node else None
         except ClusterUnavailable as exc:
             logger.warning("resume lookup failed: %s", exc)
-            raise ProtocolError(
-                "server_busy",
-                "The server cannot reach its shared state; try again shortly.",
-            ) from None
+            raise _shared_state_unavailable() from None
         if node is None or node == self.cluster.node_id:
-            raise ProtocolError(
-                "resume_failed", "The resume token is invalid or expired; join again."
-            )
+            raise _resume_failed()
         if url is None:
             logger.info("resume for a participant of a lost node")
             outbox.send({"type": "partner_left", "reason": "node_lost"})
@@ -407,12 +396,8 @@ class Hub:
             self._add_local_waiting(participant)
         except ClusterUnavailable as exc:
             logger.warning("pairing failed: %s", exc)
-            participant.send(
-                messages.error(
-                    "server_busy",
-                    "The server cannot reach its shared state; join again shortly.",
-                )
-            )
+            error = _shared_state_unavailable()
+            participant.send(messages.error(error.code, error.message))
             await self.leave(participant, reason="disconnected")
 
     async def _redirect(
@@ -672,3 +657,15 @@ class Hub:
             self.no_calls.clear()
         else:
             self.no_calls.set()
+
+
+def _shared_state_unavailable() -> ProtocolError:
+    return ProtocolError(
+        "server_busy", "The server cannot reach its shared state; try again shortly."
+    )
+
+
+def _resume_failed() -> ProtocolError:
+    return ProtocolError(
+        "resume_failed", "The resume token is invalid or expired; join again."
+    )
