@@ -22,6 +22,14 @@ from media.sdp import BadSdp, check_offer
 
 logger = logging.getLogger(__name__)
 
+# How long `MediaLeg.close` waits for aiortc. Closing frees a TURN relay with
+# a request that, when the TURN server is unreachable, retries for half a
+# minute; the rest of that wait happens in the background.
+CLOSE_WAIT_S = 2.0
+
+# Closes still running after CLOSE_WAIT_S, referenced until they end.
+_closing: set[asyncio.Task[None]] = set()
+
 FrameConsumer = Callable[[av.AudioFrame], None]
 
 
@@ -129,7 +137,18 @@ class MediaLeg:
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
-        await self._pc.close()
+        closing = asyncio.create_task(self._pc.close(), name="media-close")
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await asyncio.shield(closing)
+        except TimeoutError:
+            logger.warning(
+                "media connection still closing after %g s (a TURN server that "
+                "does not answer?); finishing in the background",
+                CLOSE_WAIT_S,
+            )
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
 
     def _on_track(self, track: Any) -> None:
         if track.kind != "audio" or self._pump is not None:

@@ -1,4 +1,4 @@
-"""Start the server: `python -m server`."""
+"""Start the server: `python -m server` or `callbridge`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
 from server.app import create_app, drain, make_runner
-from server.config import SETTINGS_HELP, Settings, SettingsError
+from server.config import SETTINGS_HELP, Settings, SettingsError, env_example
 from server.logs import configure_logging
+from server.tls import make_self_signed, server_context
 
 logger = logging.getLogger("server")
 
@@ -22,11 +25,10 @@ logger = logging.getLogger("server")
 def main(argv: list[str] | None = None) -> int:
     epilog = "settings (environment variables or .env in the working folder):\n"
     epilog += "\n".join(
-        f"  {s.name:<30} {s.help}" + (f" (default {s.default})" if s.default else "")
-        for s in SETTINGS_HELP
+        f"  {s.name:<30} {s.help} (default: {s.default_text})" for s in SETTINGS_HELP
     )
     parser = argparse.ArgumentParser(
-        prog="python -m server",
+        prog="callbridge" if Path(sys.argv[0]).name == "callbridge" else None,
         description="Real-time speech-translation call server.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -37,27 +39,72 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="file of settings (default: .env in the working folder, if any)",
     )
+    parser.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve HTTPS with a throwaway certificate made at start-up, for a "
+        "test on a LAN (TLS_SELF_SIGNED=true does the same)",
+    )
+    parser.add_argument(
+        "--env-example",
+        action="store_true",
+        help="print every setting with its default, as in .env.example, and exit",
+    )
     args = parser.parse_args(argv)
+    if args.env_example:
+        sys.stdout.write(env_example())
+        return 0
     if args.env_file is not None and not args.env_file.is_file():
         print(
             f"error: --env-file {str(args.env_file)!r} was not found", file=sys.stderr
         )
         return 2
     try:
-        settings = Settings.from_env(os.environ, args.env_file or Path(".env"))
+        environ = dict(os.environ)
+        if args.self_signed:
+            environ["TLS_SELF_SIGNED"] = "true"
+        settings = Settings.from_env(environ, args.env_file or Path(".env"))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        asyncio.run(serve(settings))
-    except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="callbridge-tls-") as folder:
+        try:
+            ssl_context = tls_context(settings, Path(folder))
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(serve(settings, ssl_context))
+        except OSError as exc:
+            logger.error(
+                "cannot listen on %s:%d: %s", settings.host, settings.port, exc
+            )
+            return 1
     return 0
 
 
-async def serve(settings: Settings) -> None:
+def tls_context(settings: Settings, folder: Path) -> ssl.SSLContext | None:
+    """The TLS context for the listening socket, or None for plain HTTP.
+
+    A self-signed certificate is written to `folder` and lives as long as it.
+    """
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        return server_context(settings.tls_cert_file, settings.tls_key_file)
+    if not settings.tls_self_signed:
+        return None
+    made = make_self_signed(folder)
+    logger.warning(
+        "TLS with a self-signed certificate made at start-up, for tests only: "
+        "browsers warn before they open the page. Names: %s. SHA-256 "
+        "fingerprint: %s",
+        ", ".join(made.names),
+        made.fingerprint,
+    )
+    return server_context(made.cert_file, made.key_file)
+
+
+async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain calls and stop."""
     app = create_app(settings)
     runner = make_runner(app)
@@ -67,9 +114,12 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, ssl_context=ssl_context
+        )
         await site.start()
-        logger.info("listening on http://%s:%d", settings.host, settings.port)
+        scheme = "https" if ssl_context is not None else "http"
+        logger.info("listening on %s://%s:%d", scheme, settings.host, settings.port)
         await stop.wait()
         await drain(app)
     finally:

@@ -29,6 +29,7 @@ from server.keys import (
 from signaling.cluster import Cluster
 from signaling.connection import SignalingConnection
 from signaling.hub import Hub, HubConfig
+from signaling.ice import IceServers
 from signaling.ratelimit import KeyedBuckets
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,12 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
         )
     hub = Hub(
         HubConfig(
-            ice_servers=settings.ice_servers,
+            ice_servers=IceServers(
+                static=settings.ice_servers,
+                turn_urls=settings.turn_urls,
+                turn_secret=settings.turn_secret,
+                turn_ttl_s=settings.turn_credential_ttl_s,
+            ),
             caption_final_s=settings.caption_final_ms / 1000,
             engine=engine,
             unavailable_reason=reason,

@@ -16,6 +16,10 @@ T = TypeVar("T")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+# Part of the default TURN credential lifetime: time a participant may spend
+# waiting for a partner before the call starts.
+TURN_QUEUE_ALLOWANCE_S = 3600.0
+
 
 class SettingsError(ValueError):
     """An environment variable has a value the server cannot use."""
@@ -28,6 +32,14 @@ class Setting:
     name: str
     default: str
     help: str
+    unit: str = ""
+
+    @property
+    def default_text(self) -> str:
+        """The default as `--help` and `.env.example` state it."""
+        if not self.default:
+            return "unset"
+        return f"{self.default} {self.unit}".rstrip()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,8 +91,30 @@ class Settings:
     fallback_connect_failures: int = 3
     fallback_after_s: float = 10.0
     realtime_retry_s: float = 60.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_self_signed: bool = False
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_s: float | None = None
 
     def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError(
+                "TLS_CERT_FILE and TLS_KEY_FILE go together: set both, or neither"
+            )
+        if self.tls_self_signed and self.tls_cert_file is not None:
+            raise SettingsError(
+                "TLS_SELF_SIGNED (--self-signed) and TLS_CERT_FILE exclude each "
+                "other: use your certificate or a throwaway one, not both"
+            )
+        if bool(self.turn_urls) != bool(self.turn_secret):
+            raise SettingsError(
+                "TURN_URLS and TURN_SECRET go together: the server signs "
+                "credentials for those URLs with that secret"
+            )
+        if self.turn_ttl_s is not None and not self.turn_secret:
+            raise SettingsError("TURN_TTL_S is set but TURN_SECRET is not")
         if self.redis_url and not self.public_url:
             raise SettingsError(
                 "PUBLIC_URL is missing: with REDIS_URL set, each node needs the "
@@ -116,6 +150,22 @@ class Settings:
         if self.openai_api_key:
             return "realtime"
         return "pipeline" if self.openai_base_url else "off"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_self_signed or self.tls_cert_file is not None
+
+    @property
+    def turn_credential_ttl_s(self) -> float:
+        """Lifetime of the TURN credentials handed to a participant.
+
+        TURN_TTL_S when set; otherwise long enough for an hour in the queue,
+        the longest call and one reconnect grace period, because a TURN
+        server refuses to refresh an allocation whose credentials expired.
+        """
+        if self.turn_ttl_s is not None:
+            return self.turn_ttl_s
+        return TURN_QUEUE_ALLOWANCE_S + self.max_call_s + self.resume_grace_s
 
     @property
     def public_ws_url(self) -> str | None:
@@ -226,6 +276,12 @@ class Settings:
             redis_url=get("REDIS_URL", _redis_url, None),
             public_url=get("PUBLIC_URL", _url, None),
             node_id=get("NODE_ID", _node_id, None),
+            tls_cert_file=get("TLS_CERT_FILE", _readable_file, None),
+            tls_key_file=get("TLS_KEY_FILE", _readable_file, None),
+            tls_self_signed=get("TLS_SELF_SIGNED", _boolean, False),
+            turn_urls=get("TURN_URLS", _turn_urls, ()),
+            turn_secret=get("TURN_SECRET", _secret, None),
+            turn_ttl_s=get("TURN_TTL_S", _float_range(5, 30 * 86_400), None),
         )
 
 
@@ -250,50 +306,111 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "comma-separated extra origins allowed to open /ws and read /api; * for any",
     ),
     Setting("LOG_LEVEL", "INFO", "one of " + ", ".join(LOG_LEVELS)),
-    Setting("MAX_MESSAGE_BYTES", "65536", "largest signaling message accepted"),
+    Setting("LOG_FORMAT", "text", "text, or json for one JSON object per line"),
+    Setting(
+        "MAX_MESSAGE_BYTES", "65536", "largest signaling message accepted", "bytes"
+    ),
     Setting(
         "CAPTION_FINAL_MS",
         "1000",
-        "milliseconds without new caption text before an utterance is final",
+        "time without new caption text before an utterance is final",
+        "milliseconds",
     ),
     Setting(
         "ICE_SERVERS",
         "",
-        'JSON list of STUN/TURN servers, as for RTCPeerConnection: [{"urls": ...}]',
+        'JSON list of STUN/TURN servers, as for RTCPeerConnection: [{"urls": ...}]; '
+        "used by the page and by the server's own peers",
+    ),
+    Setting(
+        "TURN_URLS",
+        "",
+        "comma-separated turn: or turns: URLs of a TURN server that shares "
+        "TURN_SECRET, for example turn:turn.example.com:3478?transport=udp",
+    ),
+    Setting(
+        "TURN_SECRET",
+        "",
+        "shared secret of the TURN server (coturn static-auth-secret); each "
+        "participant gets its own time-limited credentials signed with it",
+    ),
+    Setting(
+        "TURN_TTL_S",
+        "",
+        "lifetime of those credentials; unset: 3600 plus MAX_CALL_S plus "
+        "RESUME_GRACE_S",
+        "seconds",
+    ),
+    Setting("TLS_CERT_FILE", "", "PEM certificate (chain) for HTTPS and wss://"),
+    Setting("TLS_KEY_FILE", "", "PEM private key of TLS_CERT_FILE"),
+    Setting(
+        "TLS_SELF_SIGNED",
+        "false",
+        "serve HTTPS with a throwaway self-signed certificate, for a test on a "
+        "LAN (same as --self-signed); browsers warn about it",
     ),
     Setting(
         "RESUME_GRACE_S",
         "30",
-        "seconds a dropped participant is held before the call ends",
+        "time a dropped participant is held before the call ends",
+        "seconds",
     ),
     Setting(
         "MEDIA_TIMEOUT_S",
         "10",
-        "seconds without inbound audio before media counts as dropped",
+        "time without inbound audio before media counts as dropped",
+        "seconds",
     ),
-    Setting("LOG_FORMAT", "text", "text, or json for one JSON object per line"),
     Setting(
         "TRUSTED_PROXIES",
         "",
         "comma-separated proxy addresses or networks whose X-Forwarded-For is used",
     ),
-    Setting("WS_CONNECTS_PER_MIN", "60", "new WebSockets per client IP per minute"),
-    Setting("MESSAGES_PER_S", "20", "signaling messages per second per connection"),
-    Setting("MESSAGE_BURST", "40", "signaling messages a connection may send at once"),
-    Setting("IDLE_TIMEOUT_S", "30", "seconds a WebSocket may stay open without join"),
-    Setting("MAX_PARTICIPANTS", "500", "participants per process"),
-    Setting("MAX_CALLS", "250", "calls per process"),
-    Setting("MAX_CALL_S", "7200", "longest call in seconds"),
+    Setting(
+        "WS_CONNECTS_PER_MIN",
+        "60",
+        "new WebSockets per client IP",
+        "per minute",
+    ),
+    Setting(
+        "MESSAGES_PER_S",
+        "20",
+        "signaling messages per connection",
+        "per second",
+    ),
+    Setting(
+        "MESSAGE_BURST",
+        "40",
+        "signaling messages a connection may send at once",
+        "messages",
+    ),
+    Setting(
+        "IDLE_TIMEOUT_S",
+        "30",
+        "time a WebSocket may stay open without join",
+        "seconds",
+    ),
+    Setting("MAX_PARTICIPANTS", "500", "participants per process", "participants"),
+    Setting("MAX_CALLS", "250", "calls per process", "calls"),
+    Setting("MAX_CALL_S", "7200", "longest call", "seconds"),
     Setting(
         "DAILY_BUDGET_MIN",
         "0",
-        "translated call minutes per client IP per day; 0 turns the budget off",
+        "translated call time per client IP per day; 0 turns the budget off",
+        "minutes",
     ),
     Setting("ADMIN_TOKEN", "", "bearer token for /api/sessions; unset turns it off"),
     Setting(
         "REQUEST_TIMEOUT_S",
         "30",
-        "seconds a client has to send an HTTP request and a handler to answer it",
+        "time a client has to send an HTTP request and a handler to answer it",
+        "seconds",
+    ),
+    Setting(
+        "SHUTDOWN_GRACE_S",
+        "20",
+        "time open calls may go on after SIGTERM before they are ended",
+        "seconds",
     ),
     Setting(
         "REDIS_URL",
@@ -306,11 +423,6 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "address clients reach this node at, used in redirects; needed with REDIS_URL",
     ),
     Setting("NODE_ID", "", "name of this node among several; random when unset"),
-    Setting(
-        "SHUTDOWN_GRACE_S",
-        "20",
-        "seconds open calls may go on after SIGTERM before they are ended",
-    ),
     Setting(
         "TRANSLATION_ENGINE",
         "auto",
@@ -344,48 +456,73 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting(
         "VAD_MIN_SILENCE_MS",
         "500",
-        "milliseconds of silence that end an utterance",
+        "silence that ends an utterance",
+        "milliseconds",
     ),
     Setting(
         "VAD_MIN_SPEECH_MS",
         "60",
-        "milliseconds of speech an utterance needs to be sent, so clicks are not",
+        "speech an utterance needs to be sent, so clicks are not",
+        "milliseconds",
     ),
     Setting(
         "MAX_UTTERANCE_S",
         "15",
-        "seconds after which an utterance is split at its quietest point",
+        "length after which an utterance is split at its quietest point",
+        "seconds",
     ),
     Setting(
         "UPSTREAM_TIMEOUT_S",
         "10",
-        "seconds one pipeline request may wait for the service before it is retried",
+        "time one pipeline request may wait for the service before it is retried",
+        "seconds",
     ),
     Setting(
         "UPSTREAM_MAX_RETRIES",
         "2",
         "retries of a request after a rate limit, timeout or server error",
+        "retries",
     ),
     Setting(
         "FALLBACK_CONNECT_FAILURES",
         "3",
         "failed realtime connects in a row before a direction uses the pipeline",
+        "connects",
     ),
     Setting(
         "FALLBACK_AFTER_S",
         "10",
-        "seconds without a working realtime session before the pipeline takes over",
+        "time without a working realtime session before the pipeline takes over",
+        "seconds",
     ),
     Setting(
         "REALTIME_RETRY_S",
         "60",
-        "seconds between tries of the realtime engine while on the pipeline",
+        "time between tries of the realtime engine while on the pipeline",
+        "seconds",
     ),
 )
 
 assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settings)}, (
     "every setting needs a help entry"
 )
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default and unit."""
+    lines = [
+        "# Every setting of the server, with its default and unit. Copy to .env",
+        "# and uncomment what you change; the environment wins over this file.",
+        "# This file is made by `python -m server --env-example`.",
+    ]
+    for setting in SETTINGS_HELP:
+        lines += [
+            "",
+            f"# {setting.help}",
+            f"# default: {setting.default_text}",
+            f"# {setting.name}={setting.default}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def _text(name: str, raw: str) -> str:
@@ -491,6 +628,37 @@ def _glossary_file(name: str, raw: str) -> Path:
             f"{name}={raw!r} is invalid: it could not be read as UTF-8 text ({exc})"
         ) from None
     return path
+
+
+def _readable_file(name: str, raw: str) -> Path:
+    path = Path(raw)
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SettingsError(f"{name}={raw!r} cannot be read: {reason}") from None
+    return path
+
+
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is invalid: expected true or false")
+
+
+def _turn_urls(name: str, raw: str) -> tuple[str, ...]:
+    urls = _csv(name, raw)
+    for url in urls:
+        if not url.startswith(("turn:", "turns:")):
+            raise SettingsError(
+                f"{name} has an invalid url {url!r}: expected entries like "
+                "turn:turn.example.com:3478?transport=udp"
+            )
+    return urls
 
 
 def _secret(name: str, raw: str) -> str:

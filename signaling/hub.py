@@ -21,6 +21,7 @@ from signaling import messages
 from signaling.call import Call
 from signaling.cluster import Cluster, ClusterUnavailable, Entry
 from signaling.errors import ProtocolError
+from signaling.ice import IceServers
 from signaling.participant import Outbox, Participant
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ WATCHDOG_INTERVAL_S = 0.5
 
 @dataclass(frozen=True, kw_only=True)
 class HubConfig:
-    ice_servers: tuple[dict[str, Any], ...]
+    ice_servers: IceServers
     caption_final_s: float
     engine: Engine | None
     unavailable_reason: str | None
@@ -115,7 +116,7 @@ class Hub:
                 "type": "joined",
                 "participant_id": participant.id,
                 "resume_token": participant.resume_token,
-                "ice_servers": list(self.config.ice_servers),
+                "ice_servers": self.config.ice_servers.for_peer(participant.id),
             }
         )
         await self._pair(participant)
@@ -223,7 +224,7 @@ class Hub:
 
     async def offer(self, participant: Participant, sdp: str) -> None:
         leg = MediaLeg(
-            ice_servers=list(self.config.ice_servers),
+            ice_servers=self.config.ice_servers.for_peer("server-" + participant.id),
             mixer=participant.mixer,
             tap=participant.tap,
             on_failed=lambda: self._media_failed(participant, leg),
@@ -505,7 +506,7 @@ class Hub:
             "participant_id": participant.id,
             "call_id": call.id if call else None,
             "resume_token": participant.resume_token,
-            "ice_servers": list(self.config.ice_servers),
+            "ice_servers": self.config.ice_servers.for_peer(participant.id),
         }
 
     def _is_waiting(self, participant: Participant) -> bool:

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +17,7 @@ from server.app import create_app, make_runner
 from server.config import Settings
 from server.keys import HUB
 from signaling.hub import Hub
+from tests.support.services import TurnServer
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -110,3 +112,15 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+async def turn_server(tmp_path: Path) -> AsyncIterator[TurnServer]:
+    """A coturn server on loopback; request it before `start_server`.
+
+    Then it stops after the call server, which frees its relays on the way.
+    """
+    server = TurnServer(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

@@ -12,6 +12,7 @@ Run through tests/run-in-netns, so that WebRTC finds only loopback addresses.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from playwright.async_api import (
 from tests.conftest import RunningServer, ServerFactory
 from tests.fake_openai import FakeOpenAI
 from tests.support.netns import assert_loopback_only
-from tests.support.services import RedisServer, free_port
+from tests.support.services import RedisServer, TurnServer, free_port
 from tests.support.speech import speech_sample
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -514,6 +515,35 @@ async def test_redirect_between_real_nodes(
     await wait_for_remote_speech(alice)
     url = await boris.evaluate("window.callbridge.session.channel.url")
     assert url == nodes[0].ws_url
+
+
+async def test_call_through_turn_relay_only(
+    turn_server: TurnServer, start_server: ServerFactory, open_page: PageFactory
+) -> None:
+    """Pages limited to relay candidates, as behind a strict NAT, still talk."""
+    assert_loopback_only()
+    server = await start_server(
+        TURN_URLS=turn_server.url, TURN_SECRET=turn_server.secret
+    )
+    alice = await open_page(speech_sample("en").path, "alice")
+    boris = await open_page(speech_sample("ru").path, "boris")
+    await join(alice, f"{server.url}/?ice=relay", language="en", name="Alice")
+    await expect(status(alice)).to_have_attribute("data-phase", "waiting")
+    await join(boris, f"{server.url}/?ice=relay", language="ru", name="Boris")
+    for page in (alice, boris):
+        await expect(status(page)).to_contain_text("In a call", timeout=CALL_TIMEOUT_MS)
+        await wait_for_remote_speech(page)
+
+    # Each page allocated a relay with its own credentials, and sent its media
+    # through it: coturn logs the user name of each allocation.
+    page_users = set(
+        re.findall(
+            r"user <(\d+:p_\w+)>: incoming packet ALLOCATE "
+            r"processed, success",
+            turn_server.log(),
+        )
+    )
+    assert len(page_users) == 2, turn_server.log()
 
 
 async def test_reload_after_call_ended_offers_join(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+from pathlib import Path
 
 import redis.asyncio as redis
+from aioice import stun
 from redis.exceptions import RedisError
 
 START_TIMEOUT_S = 10.0
@@ -69,3 +71,100 @@ class RedisServer:
             async with asyncio.timeout(START_TIMEOUT_S):
                 await self._process.wait()
             self._process = None
+
+
+class TurnServer:
+    """A throwaway coturn `turnserver` on 127.0.0.1 with time-limited users.
+
+    It accepts credentials signed with `secret` (coturn's REST-API scheme),
+    relays from 127.0.0.1 and allows loopback peers, which coturn refuses by
+    default, because every peer of a test lives on loopback.
+    """
+
+    secret = "turn-test-secret-0123456789"
+
+    def __init__(self, folder: Path) -> None:
+        executable = shutil.which("turnserver")
+        if executable is None:
+            raise RuntimeError(
+                "turnserver is not installed; .ci/run installs coturn with apt-get"
+            )
+        self._executable = executable
+        self._folder = folder
+        self.port = free_udp_port()
+        self.log_file = folder / "turnserver.log"
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            self._executable,
+            "-n",
+            "--listening-ip=127.0.0.1",
+            "--relay-ip=127.0.0.1",
+            f"--listening-port={self.port}",
+            "--use-auth-secret",
+            f"--static-auth-secret={self.secret}",
+            "--realm=callbridge.test",
+            "--allow-loopback-peers",
+            "--fingerprint",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            f"--log-file={self.log_file}",
+            "--simple-log",
+            "--no-stdout-log",
+            # Log each allocation with its user name, for the tests to check.
+            "--verbose",
+            f"--pidfile={self._folder / 'turnserver.pid'}",
+            f"--userdb={self._folder / 'turndb'}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not await self._answers_binding():
+                if self._process.returncode is not None:
+                    raise RuntimeError(f"turnserver exited:\n{self.log()}")
+                await asyncio.sleep(0.05)
+
+    async def _answers_binding(self) -> bool:
+        """Send one STUN binding request and report whether it was answered."""
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setblocking(False)
+            probe.connect(("127.0.0.1", self.port))
+            request = stun.Message(
+                message_method=stun.Method.BINDING,
+                message_class=stun.Class.REQUEST,
+            )
+            try:
+                await loop.sock_sendall(probe, bytes(request))
+                async with asyncio.timeout(0.2):
+                    reply = await loop.sock_recv(probe, 2048)
+            except (OSError, TimeoutError):
+                return False
+        return stun.parse_message(reply).transaction_id == request.transaction_id
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self._process.wait()
+            self._process = None
+
+
+def free_udp_port() -> int:
+    """Return a UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

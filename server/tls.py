@@ -1,0 +1,130 @@
+"""TLS for HTTPS and wss://: the configured certificate or a throwaway one."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import ifaddr
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from server.config import SettingsError
+
+SELF_SIGNED_DAYS = 30
+
+
+@dataclass(frozen=True)
+class SelfSigned:
+    """A certificate made at start-up and the files it was written to."""
+
+    cert_file: Path
+    key_file: Path
+    fingerprint: str
+    names: tuple[str, ...]
+
+
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """Load a certificate chain and its key into a server-side context.
+
+    Raises SettingsError naming the file and the problem: unreadable, not
+    PEM, or a key that does not belong to the certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for label, path in (("TLS_CERT_FILE", cert_file), ("TLS_KEY_FILE", key_file)):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            message = f"{label}={str(path)!r} cannot be read: {reason}"
+            raise SettingsError(message) from None
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise SettingsError(_load_error(cert_file, key_file, exc)) from None
+    return context
+
+
+def _load_error(cert_file: Path, key_file: Path, exc: ssl.SSLError) -> str:
+    reason = exc.reason or str(exc)
+    if reason == "KEY_VALUES_MISMATCH":
+        return (
+            f"TLS_KEY_FILE={str(key_file)!r} is not the private key of "
+            f"TLS_CERT_FILE={str(cert_file)!r}"
+        )
+    if "PEM" in reason or reason in ("NO_START_LINE", "BAD_END_LINE"):
+        try:
+            x509.load_pem_x509_certificates(cert_file.read_bytes())
+        except ValueError:
+            return f"TLS_CERT_FILE={str(cert_file)!r} holds no PEM certificate"
+        return f"TLS_KEY_FILE={str(key_file)!r} holds no PEM private key"
+    return (
+        f"TLS_CERT_FILE={str(cert_file)!r} and TLS_KEY_FILE={str(key_file)!r} "
+        f"could not be loaded: {reason}"
+    )
+
+
+def make_self_signed(folder: Path, extra_names: tuple[str, ...] = ()) -> SelfSigned:
+    """Write a fresh self-signed certificate and key into `folder`.
+
+    The certificate names localhost, this machine's host name, 127.0.0.1,
+    ::1, this machine's addresses and `extra_names`, so a phone on the same
+    LAN can open the page after accepting the browser's warning.
+    """
+    names = _local_names(extra_names)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    alternatives: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternatives.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = folder / "self-signed-cert.pem"
+    key_file = folder / "self-signed-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return SelfSigned(cert_file, key_file, fingerprint, names)
+
+
+def _local_names(extra_names: tuple[str, ...]) -> tuple[str, ...]:
+    names = ["localhost", "127.0.0.1", "::1", *extra_names]
+    names.append(socket.gethostname())
+    # The interfaces' own addresses, read without a DNS query.
+    for adapter in ifaddr.get_adapters():
+        for address in adapter.ips:
+            ip = address.ip if isinstance(address.ip, str) else address.ip[0]
+            names.append(ip)
+    unique: dict[str, None] = {}
+    for name in names:
+        if name and name != "0.0.0.0":
+            unique.setdefault(name.split("%")[0], None)
+    return tuple(unique)

@@ -1,0 +1,53 @@
+"""ICE servers for one peer, with time-limited TURN credentials.
+
+TURN servers such as coturn accept credentials made from a secret they share
+with the application (the "TURN REST API" scheme): the username is the
+expiry time in Unix seconds, a colon and an id, and the password is the
+base64 HMAC-SHA1 of the username keyed with the secret. The server hands each
+participant such a pair, so no long-lived TURN password reaches a browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def turn_credentials(secret: str, peer_id: str, expires_at: int) -> tuple[str, str]:
+    """Return the username and password that are valid until `expires_at`."""
+    username = f"{expires_at}:{peer_id}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IceServers:
+    """The configured STUN/TURN list, plus signed TURN entries when enabled."""
+
+    static: tuple[dict[str, Any], ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl_s: float = 0.0
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+
+    def for_peer(self, peer_id: str) -> list[dict[str, Any]]:
+        """The list for `RTCPeerConnection`, with fresh credentials for `peer_id`."""
+        servers = [dict(entry) for entry in self.static]
+        if self.turn_urls and self.turn_secret:
+            expires_at = int(self.clock() + self.turn_ttl_s)
+            username, credential = turn_credentials(
+                self.turn_secret, peer_id, expires_at
+            )
+            servers.append(
+                {
+                    "urls": list(self.turn_urls),
+                    "username": username,
+                    "credential": credential,
+                }
+            )
+        return servers

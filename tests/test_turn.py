@@ -1,0 +1,229 @@
+"""Time-limited TURN credentials, checked against a real coturn server.
+
+The server signs a username and password for each participant with
+TURN_SECRET; coturn, started here on loopback with the same secret, must
+accept them until they expire and refuse them after. Run through
+tests/run-in-netns, like every test that opens WebRTC or TURN sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aioice import stun, turn
+
+from media.peer import CLOSE_WAIT_S
+from server.config import TURN_QUEUE_ALLOWANCE_S, Settings
+from signaling.ice import IceServers, turn_credentials
+from tests.conftest import RunningServer, ServerFactory
+from tests.support.netns import assert_loopback_only
+from tests.support.peer import ClientPeer, SignalingClient, join_and_connect
+from tests.support.services import TurnServer
+
+TIMEOUT = 10.0
+STUN_URL = "stun:127.0.0.1:3478"
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[SignalingClient]]:
+    opened: list[SignalingClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
+async def start_with_turn(
+    start_server: ServerFactory, turn_server: TurnServer, **env: str
+) -> RunningServer:
+    stun_url = f"stun:127.0.0.1:{turn_server.port}"
+    return await start_server(
+        ICE_SERVERS=f'[{{"urls": "{stun_url}"}}]',
+        TURN_URLS=turn_server.url,
+        TURN_SECRET=turn_server.secret,
+        **env,
+    )
+
+
+async def join(
+    server: RunningServer, clients: list[SignalingClient], language: str = "en"
+) -> tuple[SignalingClient, dict[str, Any]]:
+    client = await SignalingClient.connect(server.ws_url)
+    clients.append(client)
+    await client.send({"type": "join", "language": language})
+    return client, await client.expect("joined", TIMEOUT)
+
+
+async def allocate(turn_server: TurnServer, entry: dict[str, Any]) -> None:
+    """Ask coturn for a relay address with the credentials of `entry`."""
+    transport, _ = await asyncio.wait_for(
+        turn.create_turn_endpoint(
+            asyncio.DatagramProtocol,
+            server_addr=("127.0.0.1", turn_server.port),
+            username=entry["username"],
+            password=entry["credential"],
+        ),
+        TIMEOUT,
+    )
+    transport.close()
+
+
+def expiry_of(entry: dict[str, Any]) -> int:
+    return int(entry["username"].split(":", 1)[0])
+
+
+def test_credentials_match_coturn_scheme() -> None:
+    # Expected password from the shell, independent of this code:
+    # echo -n "1767225600:alice" | openssl dgst -sha1 -hmac turn-shared-secret \
+    #   -binary | base64
+    username, password = turn_credentials("turn-shared-secret", "alice", 1767225600)
+    assert username == "1767225600:alice"
+    assert password == "w2XZTBd9ZzVn1zdnGsqqJT/XpRo="
+
+
+def test_ice_servers_without_turn_are_the_static_list() -> None:
+    static = ({"urls": [STUN_URL]},)
+    servers = IceServers(static=static)
+    listed = servers.for_peer("p1")
+    assert listed == [{"urls": [STUN_URL]}]
+    listed[0]["urls"] = "changed"
+    assert servers.for_peer("p1") == [{"urls": [STUN_URL]}]
+
+
+def test_ice_servers_sign_for_each_peer() -> None:
+    servers = IceServers(
+        turn_urls=("turn:127.0.0.1:3478?transport=udp",),
+        turn_secret="secret",
+        turn_ttl_s=90,
+        clock=lambda: 1000.0,
+    )
+    entry = servers.for_peer("p1")[0]
+    assert entry["urls"] == ["turn:127.0.0.1:3478?transport=udp"]
+    assert entry["username"] == "1090:p1"
+    assert entry["credential"] == turn_credentials("secret", "p1", 1090)[1]
+    assert servers.for_peer("p2")[0]["credential"] != entry["credential"]
+
+
+def test_default_lifetime_covers_longest_call_and_grace() -> None:
+    settings = Settings.from_env(
+        {
+            "TURN_URLS": "turn:127.0.0.1:3478",
+            "TURN_SECRET": "0123456789abcdef",
+            "MAX_CALL_S": "5400",
+            "RESUME_GRACE_S": "45",
+        }
+    )
+    assert settings.turn_credential_ttl_s == TURN_QUEUE_ALLOWANCE_S + 5400 + 45
+    assert settings.turn_credential_ttl_s >= settings.max_call_s + 45
+    explicit = Settings.from_env(
+        {
+            "TURN_URLS": "turn:127.0.0.1:3478",
+            "TURN_SECRET": "0123456789abcdef",
+            "TURN_TTL_S": "120",
+        }
+    )
+    assert explicit.turn_credential_ttl_s == 120
+
+
+async def test_joined_and_resumed_carry_fresh_credentials(
+    turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+) -> None:
+    assert_loopback_only()
+    server = await start_with_turn(start_server, turn_server, TURN_TTL_S="600")
+    started = time.time()
+    first, joined = await join(server, clients)
+    stun_entry, turn_entry = joined["ice_servers"]
+    assert stun_entry == {"urls": f"stun:127.0.0.1:{turn_server.port}"}
+    assert turn_entry["urls"] == [turn_server.url]
+    assert turn_entry["username"].endswith(":" + joined["participant_id"])
+    assert started + 600 - 1 <= expiry_of(turn_entry) <= time.time() + 600
+    await allocate(turn_server, turn_entry)
+
+    await first.close()
+    # Usernames carry whole seconds, so a later resume gets a later expiry.
+    await asyncio.sleep(1.1)
+    again = await SignalingClient.connect(server.ws_url)
+    clients.append(again)
+    await again.send({"type": "resume", "token": joined["resume_token"]})
+    resumed = await again.expect("resumed", TIMEOUT)
+    fresh = resumed["ice_servers"][1]
+    assert fresh["username"].endswith(":" + joined["participant_id"])
+    assert expiry_of(fresh) > expiry_of(turn_entry)
+    assert fresh["credential"] != turn_entry["credential"]
+    await allocate(turn_server, fresh)
+
+
+async def test_credentials_expire_as_configured(
+    turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+) -> None:
+    assert_loopback_only()
+    server = await start_with_turn(start_server, turn_server, TURN_TTL_S="5")
+    _, joined = await join(server, clients)
+    entry = joined["ice_servers"][1]
+    await allocate(turn_server, entry)
+
+    await asyncio.sleep(max(0.0, expiry_of(entry) - time.time()) + 1.5)
+    with pytest.raises(stun.TransactionFailed, match="401"):
+        await allocate(turn_server, entry)
+    assert f"user <{entry['username']}>" in turn_server.log()
+
+    wrong = dict(entry, credential=turn_credentials("other", "x", 2**31)[1])
+    wrong["username"] = f"{2**31}:x"
+    with pytest.raises(stun.TransactionFailed, match="401"):
+        await allocate(turn_server, wrong)
+
+
+async def test_server_peer_uses_turn_relay(
+    turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+) -> None:
+    """The server's own aiortc peer allocates a relay with its own credentials."""
+    assert_loopback_only()
+    server = await start_with_turn(start_server, turn_server)
+    signaling = await SignalingClient.connect(server.ws_url)
+    clients.append(signaling)
+    peer = ClientPeer()
+    try:
+        joined = await join_and_connect(signaling, peer, "en")
+        answer = signaling.of_type("answer")[0]["sdp"]
+    finally:
+        await peer.close()
+    relay_lines = [line for line in answer.splitlines() if "typ relay" in line]
+    assert relay_lines, answer
+    assert all(" 127.0.0.1 " in line for line in relay_lines)
+    server_user = f":server-{joined['participant_id']}>"
+    assert server_user in turn_server.log()
+
+
+async def test_close_does_not_wait_for_lost_turn_server(
+    turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+    server_log: list[logging.LogRecord],
+) -> None:
+    """A TURN server that stopped answering does not hold up a closing call."""
+    assert_loopback_only()
+    server = await start_with_turn(start_server, turn_server)
+    signaling = await SignalingClient.connect(server.ws_url)
+    clients.append(signaling)
+    peer = ClientPeer()
+    try:
+        joined = await join_and_connect(signaling, peer, "en")
+    finally:
+        await peer.close()
+    await turn_server.stop()
+    leg = server.hub.participants[joined["participant_id"]].leg
+    assert leg is not None
+    # Freeing the relay alone would retry for about 30 s.
+    async with asyncio.timeout(CLOSE_WAIT_S + 3):
+        await leg.close()
+    assert any("still closing" in record.getMessage() for record in server_log)
