@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from server.config import SETTINGS_HELP, Settings, SettingsError
+from server.config import SETTINGS_HELP, Settings, SettingsError, env_example
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_settings_defaults() -> None:
@@ -86,7 +90,7 @@ def test_main_invalid_setting_exits_with_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_main_help_lists_every_setting() -> None:
+def test_main_help_lists_every_setting_with_default() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "server", "--help"],
         capture_output=True,
@@ -94,14 +98,61 @@ def test_main_help_lists_every_setting() -> None:
         timeout=60,
         check=True,
     )
-    for name in ("PORT", "OPENAI_API_KEY", "ICE_SERVERS", "CAPTION_FINAL_MS"):
-        assert name in result.stdout
-
-
-def test_env_example_lists_every_setting() -> None:
-    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    # argparse wraps nothing in the epilog, so each setting is one line.
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line}
     for setting in SETTINGS_HELP:
-        assert f"# {setting.name}=" in text, setting.name
+        assert setting.name in lines, setting.name
+        assert lines[setting.name].endswith(f"(default: {setting.default_text})")
+    assert "--self-signed" in result.stdout
+
+
+def test_env_example_is_generated_from_the_settings() -> None:
+    text = (ROOT / ".env.example").read_text()
+    assert text == env_example(), "run: python -m server --env-example > .env.example"
+    for setting in SETTINGS_HELP:
+        assert f"# {setting.name}={setting.default}\n" in text, setting.name
+    assert "# default: 30 seconds\n# RESUME_GRACE_S=30\n" in text
+    assert "# default: 65536 bytes\n# MAX_MESSAGE_BYTES=65536\n" in text
+
+
+def test_tls_and_turn_settings_checked() -> None:
+    cases = {
+        "TURN_URLS and TURN_SECRET go together": {"TURN_URLS": "turn:127.0.0.1"},
+        "TURN_TTL_S is set but TURN_SECRET is not": {"TURN_TTL_S": "60"},
+        "TURN_SECRET is too short": {
+            "TURN_URLS": "turn:127.0.0.1",
+            "TURN_SECRET": "short",
+        },
+        "TURN_URLS has an invalid url 'stun:127.0.0.1'": {
+            "TURN_URLS": "turn:127.0.0.1,stun:127.0.0.1"
+        },
+        "TLS_SELF_SIGNED='maybe' is invalid": {"TLS_SELF_SIGNED": "maybe"},
+        "TURN_TTL_S='1' is invalid": {
+            "TURN_URLS": "turn:127.0.0.1",
+            "TURN_SECRET": "0123456789abcdef",
+            "TURN_TTL_S": "1",
+        },
+    }
+    for message, env in cases.items():
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            Settings.from_env(env)
+    settings = Settings.from_env(
+        {
+            "TURN_URLS": " turn:a.example:3478?transport=udp , turns:a.example:5349 ",
+            "TURN_SECRET": "0123456789abcdef",
+            "TLS_SELF_SIGNED": "yes",
+        }
+    )
+    assert settings.turn_urls == (
+        "turn:a.example:3478?transport=udp",
+        "turns:a.example:5349",
+    )
+    assert settings.tls_enabled
+
+
+def test_console_script_is_declared() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["callbridge"] == "server.__main__:main"
 
 
 def test_main_missing_env_file_is_an_error(tmp_path: Path) -> None:
@@ -121,3 +172,16 @@ def test_main_missing_env_file_is_an_error(tmp_path: Path) -> None:
 def test_settings_cors_origins_normalized() -> None:
     settings = Settings.from_env({"CORS_ORIGINS": "https://a.example/, *"})
     assert settings.cors_origins == ("https://a.example", "*")
+
+
+def test_console_script_starts_the_same_program() -> None:
+    script = Path(sys.executable).parent / "callbridge"
+    if not script.exists():
+        pytest.skip(
+            "the project is not installed in this environment (pip install -e .)"
+        )
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.startswith("usage: callbridge")
+    assert "TURN_SECRET" in result.stdout
