@@ -97,6 +97,11 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             "original voices"
         )
     app[ENGINE_NAME] = engine.name if engine else "off"
+    if any("credential" in entry for entry in settings.ice_servers):
+        logger.warning(
+            "ICE_SERVERS holds a TURN password, which every browser receives; "
+            "TURN_URLS with TURN_SECRET hands out time-limited ones instead"
+        )
     cluster: Cluster | None = None
     if settings.redis_url is not None:
         assert settings.public_ws_url is not None

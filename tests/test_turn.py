@@ -227,3 +227,12 @@ async def test_close_does_not_wait_for_lost_turn_server(
     async with asyncio.timeout(CLOSE_WAIT_S + 3):
         await leg.close()
     assert any("still closing" in record.getMessage() for record in server_log)
+
+
+async def test_static_turn_password_is_warned_about(
+    start_server: ServerFactory, server_log: list[logging.LogRecord]
+) -> None:
+    entry = '{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}'
+    await start_server(ICE_SERVERS=f"[{entry}]")
+    warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
+    assert any("ICE_SERVERS holds a TURN password" in m for m in warnings)
