@@ -34,7 +34,13 @@ from signaling.ratelimit import KeyedBuckets
 
 logger = logging.getLogger(__name__)
 
-PUBLIC_DIR = Path(__file__).resolve().parent.parent / "public"
+# The page: `public/` in the source tree, `server/public/` in an installed wheel.
+_SOURCE_PUBLIC = Path(__file__).resolve().parent.parent / "public"
+PUBLIC_DIR = (
+    _SOURCE_PUBLIC
+    if (_SOURCE_PUBLIC / "index.html").is_file()
+    else Path(__file__).resolve().parent / "public"
+)
 
 NO_KEY_REASON = (
     "Translation is off: the server has no OPENAI_API_KEY, so you hear the "
