@@ -23,8 +23,8 @@ from media.sdp import BadSdp, check_offer
 logger = logging.getLogger(__name__)
 
 # How long `MediaLeg.close` waits for aiortc. Closing frees a TURN relay with
-# a request that, when the TURN server is unreachable, retries for half a
-# minute; the rest of that wait happens in the background.
+# a request that retries for about 30 s when the TURN server is unreachable,
+# so the rest of that wait happens in the background.
 CLOSE_WAIT_S = 2.0
 
 # Closes still running after CLOSE_WAIT_S, referenced until they end.

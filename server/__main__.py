@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def tls_context(settings: Settings, folder: Path) -> ssl.SSLContext | None:
-    """The TLS context for the listening socket, or None for plain HTTP.
+    """Return the TLS context for the listening socket, or None for plain HTTP.
 
     A self-signed certificate is written to `folder` and lives as long as it.
     """

@@ -105,7 +105,7 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE_NAME] = engine.name if engine else "off"
     if any("credential" in entry for entry in settings.ice_servers):
         logger.warning(
-            "ICE_SERVERS holds a TURN password, which every browser receives; "
+            "ICE_SERVERS contains a TURN password, which every browser receives; "
             "TURN_URLS with TURN_SECRET hands out time-limited ones instead"
         )
     cluster: Cluster | None = None

@@ -159,9 +159,9 @@ class Settings:
     def turn_credential_ttl_s(self) -> float:
         """Lifetime of the TURN credentials handed to a participant.
 
-        TURN_TTL_S when set; otherwise long enough for an hour in the queue,
+        This is TURN_TTL_S when set. Otherwise it covers an hour in the queue,
         the longest call and one reconnect grace period, because a TURN
-        server refuses to refresh an allocation whose credentials expired.
+        server rejects the refresh of an allocation whose credentials expired.
         """
         if self.turn_ttl_s is not None:
             return self.turn_ttl_s
@@ -509,7 +509,7 @@ assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settin
 
 
 def env_example() -> str:
-    """The text of `.env.example`: every setting with its default and unit."""
+    """Return the text of `.env.example`: each setting, its default and unit."""
     lines = [
         "# Every setting of the server, with its default and unit. Copy to .env",
         "# and uncomment what you change; the environment wins over this file.",

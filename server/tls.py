@@ -63,8 +63,8 @@ def _load_error(cert_file: Path, key_file: Path, exc: ssl.SSLError) -> str:
         try:
             x509.load_pem_x509_certificates(cert_file.read_bytes())
         except ValueError:
-            return f"TLS_CERT_FILE={str(cert_file)!r} holds no PEM certificate"
-        return f"TLS_KEY_FILE={str(key_file)!r} holds no PEM private key"
+            return f"TLS_CERT_FILE={str(cert_file)!r} contains no PEM certificate"
+        return f"TLS_KEY_FILE={str(key_file)!r} contains no PEM private key"
     return (
         f"TLS_CERT_FILE={str(cert_file)!r} and TLS_KEY_FILE={str(key_file)!r} "
         f"could not be loaded: {reason}"

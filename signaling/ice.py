@@ -1,9 +1,9 @@
 """ICE servers for one peer, with time-limited TURN credentials.
 
 TURN servers such as coturn accept credentials made from a secret they share
-with the application (the "TURN REST API" scheme): the username is the
-expiry time in Unix seconds, a colon and an id, and the password is the
-base64 HMAC-SHA1 of the username keyed with the secret. The server hands each
+with the application (the "TURN REST API" scheme). The username is the
+expiry time in Unix seconds, a colon and an id. The password is the base64
+HMAC-SHA1 of the username, keyed with the secret. The server hands each
 participant such a pair, so no long-lived TURN password reaches a browser.
 """
 
@@ -36,7 +36,7 @@ class IceServers:
     clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def for_peer(self, peer_id: str) -> list[dict[str, Any]]:
-        """The list for `RTCPeerConnection`, with fresh credentials for `peer_id`."""
+        """Return the server list for `peer_id`, with new TURN credentials."""
         servers = [dict(entry) for entry in self.static]
         if self.turn_urls and self.turn_secret:
             expires_at = int(self.clock() + self.turn_ttl_s)

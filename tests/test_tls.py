@@ -196,11 +196,11 @@ def test_bad_tls_files_stop_start_up(tmp_path: Path) -> None:
         ),
         (
             {"TLS_CERT_FILE": str(not_pem), "TLS_KEY_FILE": str(key)},
-            f"TLS_CERT_FILE='{not_pem}' holds no PEM certificate",
+            f"TLS_CERT_FILE='{not_pem}' contains no PEM certificate",
         ),
         (
             {"TLS_CERT_FILE": str(other_cert), "TLS_KEY_FILE": str(not_pem)},
-            f"TLS_KEY_FILE='{not_pem}' holds no PEM private key",
+            f"TLS_KEY_FILE='{not_pem}' contains no PEM private key",
         ),
     ]
     for settings, message in cases:

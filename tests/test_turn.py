@@ -210,7 +210,7 @@ async def test_close_does_not_wait_for_lost_turn_server(
     clients: list[SignalingClient],
     server_log: list[logging.LogRecord],
 ) -> None:
-    """A TURN server that stopped answering does not hold up a closing call."""
+    """A TURN server that stopped responding does not hold up a closing call."""
     assert_loopback_only()
     server = await start_with_turn(start_server, turn_server)
     signaling = await SignalingClient.connect(server.ws_url)
@@ -235,4 +235,4 @@ async def test_static_turn_password_is_warned_about(
     entry = '{"urls": "turn:127.0.0.1:3478", "username": "u", "credential": "p"}'
     await start_server(ICE_SERVERS=f"[{entry}]")
     warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
-    assert any("ICE_SERVERS holds a TURN password" in m for m in warnings)
+    assert any("ICE_SERVERS contains a TURN password" in m for m in warnings)
