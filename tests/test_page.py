@@ -11,18 +11,21 @@ Run through tests/run-in-netns, so that WebRTC finds only loopback addresses.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aioice import stun
 from playwright.async_api import (
     BrowserContext,
     ConsoleMessage,
     Locator,
     Page,
+    WebSocket,
     WebSocketRoute,
     async_playwright,
     expect,
@@ -66,6 +69,9 @@ SPEECH_TIMEOUT_MS = 15_000
 # from Chromium's fake microphone measures about 0.37 in the page, and the
 # silence between phrases is near zero.
 SPEECH_LEVEL = 0.02
+# Lifetime of the TURN credentials in the relay test: long enough for both
+# pages to join and allocate, short enough to wait for their expiry.
+TURN_TTL_S = 15
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -520,13 +526,22 @@ async def test_redirect_between_real_nodes(
 async def test_call_through_turn_relay_only(
     turn_server: TurnServer, start_server: ServerFactory, open_page: PageFactory
 ) -> None:
-    """Pages limited to relay candidates, as behind a strict NAT, still talk."""
+    """Pages limited to relay candidates, as behind a strict NAT, still talk.
+
+    The TURN credentials that each page received expire after TURN_TTL_S.
+    """
     assert_loopback_only()
     server = await start_server(
-        TURN_URLS=turn_server.url, TURN_SECRET=turn_server.secret
+        TURN_URLS=turn_server.url,
+        TURN_SECRET=turn_server.secret,
+        TURN_TTL_S=str(TURN_TTL_S),
     )
     alice = await open_page(speech_sample("en").path, "alice")
     boris = await open_page(speech_sample("ru").path, "boris")
+    received: list[dict[str, Any]] = []
+    for page in (alice, boris):
+        page.on("websocket", lambda socket: record_frames(socket, received))
+        await page.add_init_script(KEEP_PEER_CONNECTIONS)
     await join(alice, f"{server.url}/?ice=relay", language="en", name="Alice")
     await expect(status(alice)).to_have_attribute("data-phase", "waiting")
     await join(boris, f"{server.url}/?ice=relay", language="ru", name="Boris")
@@ -534,16 +549,58 @@ async def test_call_through_turn_relay_only(
         await expect(status(page)).to_contain_text("In a call", timeout=CALL_TIMEOUT_MS)
         await wait_for_remote_speech(page)
 
-    # Each page allocated a relay with its own credentials, and sent its media
-    # through it: coturn logs the user name of each allocation.
-    page_users = set(
-        re.findall(
-            r"user <(\d+:p_\w+)>: incoming packet ALLOCATE "
-            r"processed, success",
-            turn_server.log(),
-        )
-    )
-    assert len(page_users) == 2, turn_server.log()
+    for page in (alice, boris):
+        assert await page.evaluate(SELECTED_LOCAL_CANDIDATE_TYPE) == "relay"
+    # Each page allocated its relay with the credentials it received, as the
+    # coturn log shows the user of each allocation.
+    joined = [message for message in received if message["type"] == "joined"]
+    page_users = {
+        server_list[-1]["username"]
+        for server_list in (message["ice_servers"] for message in joined)
+    }
+    assert len(page_users) == 2
+    log = turn_server.log()
+    for user in page_users:
+        assert f"user <{user}>: incoming packet ALLOCATE processed, success" in log
+
+    entry = joined[0]["ice_servers"][-1]
+    expires_at = int(entry["username"].split(":")[0])
+    assert expires_at <= time.time() + TURN_TTL_S
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 1.5)
+    with pytest.raises(stun.TransactionFailed, match="401"):
+        await turn_server.allocate(entry["username"], entry["credential"])
+
+
+# Keeps each RTCPeerConnection the page makes in `window.peerConnections`.
+KEEP_PEER_CONNECTIONS = """
+    window.peerConnections = [];
+    const Original = window.RTCPeerConnection;
+    window.RTCPeerConnection = function (...args) {
+        const pc = new Original(...args);
+        window.peerConnections.push(pc);
+        return pc;
+    };
+    window.RTCPeerConnection.prototype = Original.prototype;
+"""
+
+# The candidate type of the local end of the newest connection's pair in use.
+SELECTED_LOCAL_CANDIDATE_TYPE = """async () => {
+    const stats = await window.peerConnections.at(-1).getStats();
+    let transport;
+    stats.forEach((report) => { if (report.type === 'transport') transport = report; });
+    const pair = stats.get(transport.selectedCandidatePairId);
+    return stats.get(pair.localCandidateId).candidateType;
+}"""
+
+
+def record_frames(socket: WebSocket, received: list[dict[str, Any]]) -> None:
+    """Append each JSON message that the page receives on `socket`."""
+
+    def on_frame(payload: str | bytes) -> None:
+        if isinstance(payload, str):
+            received.append(json.loads(payload))
+
+    socket.on("framereceived", on_frame)
 
 
 async def test_reload_after_call_ended_offers_join(

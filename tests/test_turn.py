@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aioice import stun, turn
+from aioice import stun
 
 from media.peer import CLOSE_WAIT_S
 from server.config import TURN_QUEUE_ALLOWANCE_S, Settings
@@ -60,16 +60,7 @@ async def join(
 
 async def allocate(turn_server: TurnServer, entry: dict[str, Any]) -> None:
     """Ask coturn for a relay address with the credentials of `entry`."""
-    transport, _ = await asyncio.wait_for(
-        turn.create_turn_endpoint(
-            asyncio.DatagramProtocol,
-            server_addr=("127.0.0.1", turn_server.port),
-            username=entry["username"],
-            password=entry["credential"],
-        ),
-        TIMEOUT,
-    )
-    transport.close()
+    await turn_server.allocate(entry["username"], entry["credential"])
 
 
 def expiry_of(entry: dict[str, Any]) -> int:

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import redis.asyncio as redis
-from aioice import stun
+from aioice import stun, turn
 from redis.exceptions import RedisError
 
 START_TIMEOUT_S = 10.0
@@ -135,6 +135,22 @@ class TurnServer:
                 if self._process.returncode is not None:
                     raise RuntimeError(f"turnserver exited:\n{self.log()}")
                 await asyncio.sleep(0.05)
+
+    async def allocate(self, username: str, password: str) -> None:
+        """Allocate a relay with these credentials, then free the socket.
+
+        Raises aioice's `stun.TransactionFailed` (401) when coturn rejects them.
+        """
+        transport, _ = await asyncio.wait_for(
+            turn.create_turn_endpoint(
+                asyncio.DatagramProtocol,
+                server_addr=("127.0.0.1", self.port),
+                username=username,
+                password=password,
+            ),
+            START_TIMEOUT_S,
+        )
+        transport.close()
 
     async def _answers_binding(self) -> bool:
         """Send one STUN binding request and report whether it was answered."""
