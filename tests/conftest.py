@@ -17,6 +17,7 @@ from server.app import create_app, make_runner
 from server.config import Settings
 from server.keys import HUB
 from signaling.hub import Hub
+from tests.support.peer import SignalingClient
 from tests.support.services import TurnServer
 
 if TYPE_CHECKING:
@@ -124,3 +125,12 @@ async def turn_server(tmp_path: Path) -> AsyncIterator[TurnServer]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[SignalingClient]]:
+    """Signaling clients a test opens; each is closed at the end."""
+    opened: list[SignalingClient] = []
+    yield opened
+    for client in opened:
+        await client.close()

@@ -55,14 +55,6 @@ def start_node(start_server: ServerFactory, redis_server: RedisServer) -> StartN
     return start
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[SignalingClient]]:
-    opened: list[SignalingClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
-
-
 async def connect(url: str, opened: list[SignalingClient]) -> SignalingClient:
     client = await SignalingClient.connect(url)
     opened.append(client)

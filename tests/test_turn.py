@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,14 +26,6 @@ from tests.support.services import TurnServer
 
 TIMEOUT = 10.0
 STUN_URL = "stun:127.0.0.1:3478"
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[SignalingClient]]:
-    opened: list[SignalingClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def start_with_turn(
@@ -56,6 +47,20 @@ async def join(
     clients.append(client)
     await client.send({"type": "join", "language": language})
     return client, await client.expect("joined", TIMEOUT)
+
+
+async def connect_media(
+    server: RunningServer, clients: list[SignalingClient]
+) -> tuple[dict[str, Any], str]:
+    """Join, connect an aiortc peer and close it; return `joined` and the answer."""
+    signaling = await SignalingClient.connect(server.ws_url)
+    clients.append(signaling)
+    peer = ClientPeer()
+    try:
+        joined = await join_and_connect(signaling, peer, "en")
+    finally:
+        await peer.close()
+    return joined, signaling.of_type("answer")[0]["sdp"]
 
 
 async def allocate(turn_server: TurnServer, entry: dict[str, Any]) -> None:
@@ -180,14 +185,7 @@ async def test_server_peer_uses_turn_relay(
     """The server's own aiortc peer allocates a relay with its own credentials."""
     assert_loopback_only()
     server = await start_with_turn(start_server, turn_server)
-    signaling = await SignalingClient.connect(server.ws_url)
-    clients.append(signaling)
-    peer = ClientPeer()
-    try:
-        joined = await join_and_connect(signaling, peer, "en")
-        answer = signaling.of_type("answer")[0]["sdp"]
-    finally:
-        await peer.close()
+    joined, answer = await connect_media(server, clients)
     relay_lines = [line for line in answer.splitlines() if "typ relay" in line]
     assert relay_lines, answer
     assert all(" 127.0.0.1 " in line for line in relay_lines)
@@ -204,13 +202,7 @@ async def test_close_does_not_wait_for_lost_turn_server(
     """A TURN server that stopped responding does not hold up a closing call."""
     assert_loopback_only()
     server = await start_with_turn(start_server, turn_server)
-    signaling = await SignalingClient.connect(server.ws_url)
-    clients.append(signaling)
-    peer = ClientPeer()
-    try:
-        joined = await join_and_connect(signaling, peer, "en")
-    finally:
-        await peer.close()
+    joined, _ = await connect_media(server, clients)
     await turn_server.stop()
     leg = server.hub.participants[joined["participant_id"]].leg
     assert leg is not None

@@ -22,7 +22,20 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
+class _Process:
+    """A server process that a test starts and stops."""
+
+    _process: asyncio.subprocess.Process | None = None
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self._process.wait()
+            self._process = None
+
+
+class RedisServer(_Process):
     """A throwaway `redis-server` on 127.0.0.1 with persistence turned off."""
 
     def __init__(self) -> None:
@@ -33,7 +46,6 @@ class RedisServer:
             )
         self._executable = executable
         self.port = free_port()
-        self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -65,15 +77,8 @@ class RedisServer:
         finally:
             await client.aclose()
 
-    async def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await self._process.wait()
-            self._process = None
 
-
-class TurnServer:
+class TurnServer(_Process):
     """A throwaway coturn `turnserver` on 127.0.0.1 with time-limited users.
 
     It accepts credentials signed with `secret` (coturn's REST-API scheme),
@@ -93,7 +98,6 @@ class TurnServer:
         self._folder = folder
         self.port = free_udp_port()
         self.log_file = folder / "turnserver.log"
-        self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -169,13 +173,6 @@ class TurnServer:
             except (OSError, TimeoutError):
                 return False
         return stun.parse_message(reply).transaction_id == request.transaction_id
-
-    async def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            async with asyncio.timeout(START_TIMEOUT_S):
-                await self._process.wait()
-            self._process = None
 
 
 def free_udp_port() -> int:
