@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -590,6 +591,53 @@ SELECTED_LOCAL_CANDIDATE_TYPE = """async () => {
     stats.forEach((report) => { if (report.type === 'transport') transport = report; });
     const pair = stats.get(transport.selectedCandidatePairId);
     return stats.get(pair.localCandidateId).candidateType;
+}"""
+
+
+async def test_failed_media_gets_new_offer(
+    fake_openai: FakeOpenAI,
+    start_server: ServerFactory,
+    open_page: PageFactory,
+    server_log: list[logging.LogRecord],
+) -> None:
+    """A media connection that fails is replaced by a new offer in the call.
+
+    Chromium takes about 30 s to call a dead connection failed, so the test
+    makes the page's connection report "failed" itself.
+    """
+    server = await start_translating_server(start_server, fake_openai)
+    assert_loopback_only()
+    alice = await open_page(speech_sample("en").path, "alice")
+    boris = await open_page(speech_sample("ru").path, "boris")
+    await alice.add_init_script(KEEP_PEER_CONNECTIONS)
+    await join(alice, server.url, language="en", name="Alice", room="r1")
+    await join(boris, server.url, language="ru", name="Boris", room="r1")
+    await expect(status(alice)).to_contain_text("In a call", timeout=CALL_TIMEOUT_MS)
+    await wait_for_remote_speech(alice)
+    await wait_for_remote_speech(boris)
+
+    await alice.evaluate(REPORT_FAILED)
+    await alice.wait_for_function(
+        "window.peerConnections.length === 2 && "
+        "window.peerConnections[1].connectionState === 'connected'",
+        polling=200,
+        timeout=CALL_TIMEOUT_MS,
+    )
+    await reset_remote_peak(alice)
+    await reset_remote_peak(boris)
+    await wait_for_remote_speech(alice)
+    await wait_for_remote_speech(boris)
+    await expect(status(alice)).to_contain_text("In a call with Boris")
+    messages = [record.getMessage() for record in server_log]
+    assert "offer answered (replaced media)" in messages
+
+
+# Makes the newest connection report the state "failed", as Chromium does
+# when ICE finds no working path any more.
+REPORT_FAILED = """() => {
+    const pc = window.peerConnections.at(-1);
+    Object.defineProperty(pc, 'connectionState', { get: () => 'failed' });
+    pc.dispatchEvent(new Event('connectionstatechange'));
 }"""
 
 

@@ -131,9 +131,8 @@ export class MediaNegotiation extends EventTarget {
       return;
     }
     this.#restarts += 1;
-    // NOTE: no browser test drives this path yet. An answer whose only
-    // candidate is a closed loopback port left Chromium 156 in ICE state
-    // "new" for 30 s, so a failure could not be forced quickly.
+    // The browser test reaches this path by making the connection report
+    // "failed": a real ICE failure takes Chromium about 30 s to declare.
     log('ice', `media connection failed; new offer ${this.#restarts}`);
     setTimeout(() => {
       if (peer === this.#peer) {
