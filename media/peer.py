@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 # a request that retries for about 30 s when the TURN server is unreachable,
 # so the rest of that wait happens in the background.
 CLOSE_WAIT_S = 2.0
+
+# Candidate gathering slower than this means a STUN or TURN server did not
+# respond: aioice waits 5 s for each before it goes on without it.
+SLOW_GATHERING_S = 2.0
 
 # Closes still running after CLOSE_WAIT_S, referenced until they end.
 _closing: set[asyncio.Task[None]] = set()
@@ -77,6 +82,11 @@ class MediaLeg:
             for entry in ice_servers
         ]
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self._uses_turn = any(
+            url.startswith("turn")
+            for server in servers
+            for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
+        )
         self._mixer = mixer
         self._tap = tap
         self._on_failed = on_failed
@@ -112,8 +122,26 @@ class MediaLeg:
         except ValueError as exc:
             # For example no codec in common with the offer.
             raise BadSdp(f"No answer fits the offer: {exc}") from exc
+        started = time.monotonic()
         await self._pc.setLocalDescription(answer)
-        return str(self._pc.localDescription.sdp)
+        sdp = str(self._pc.localDescription.sdp)
+        self._check_gathering(sdp, time.monotonic() - started)
+        return sdp
+
+    def _check_gathering(self, sdp: str, elapsed_s: float) -> None:
+        """Log when a STUN or TURN server slowed down or failed the answer."""
+        if elapsed_s > SLOW_GATHERING_S:
+            logger.warning(
+                "gathering ICE candidates took %.1f s: a STUN or TURN server in "
+                "ICE_SERVERS or TURN_URLS did not respond",
+                elapsed_s,
+            )
+        if self._uses_turn and " typ relay" not in sdp:
+            logger.warning(
+                "no TURN relay candidate in the answer: the TURN server was "
+                "unreachable or rejected the credentials (check TURN_URLS and "
+                "TURN_SECRET)"
+            )
 
     async def add_candidate(self, candidate: dict[str, Any] | None) -> None:
         """Add a trickled candidate; null (end of candidates) needs nothing."""

@@ -15,7 +15,13 @@ from pathlib import Path
 from aiohttp import web
 
 from server.app import create_app, drain, make_runner
-from server.config import SETTINGS_HELP, Settings, SettingsError, env_example
+from server.config import (
+    SETTINGS_HELP,
+    Settings,
+    SettingsError,
+    env_example,
+    unknown_names,
+)
 from server.logs import configure_logging
 from server.tls import make_self_signed, server_context
 
@@ -28,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  {s.name:<30} {s.help} (default: {s.default_text})" for s in SETTINGS_HELP
     )
     parser = argparse.ArgumentParser(
-        prog="callbridge" if Path(sys.argv[0]).name == "callbridge" else None,
+        prog="callbridge"
+        if Path(sys.argv[0]).name == "callbridge"
+        else "python -m server",
         description="Real-time speech-translation call server.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,19 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(env_example())
         return 0
     if args.env_file is not None and not args.env_file.is_file():
-        print(
-            f"error: --env-file {str(args.env_file)!r} was not found", file=sys.stderr
-        )
+        problem = "is a folder" if args.env_file.is_dir() else "was not found"
+        print(f"error: --env-file {str(args.env_file)!r} {problem}", file=sys.stderr)
         return 2
+    env_file = args.env_file or Path(".env")
     try:
         environ = dict(os.environ)
         if args.self_signed:
             environ["TLS_SELF_SIGNED"] = "true"
-        settings = Settings.from_env(environ, args.env_file or Path(".env"))
+        settings = Settings.from_env(environ, env_file)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    for name in unknown_names(env_file):
+        logger.warning(
+            "%s sets %s, which is not a setting (see --help)", env_file, name
+        )
     with tempfile.TemporaryDirectory(prefix="callbridge-tls-") as folder:
         try:
             ssl_context = tls_context(settings, Path(folder))
@@ -119,7 +131,8 @@ async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -
         )
         await site.start()
         scheme = "https" if ssl_context is not None else "http"
-        logger.info("listening on %s://%s:%d", scheme, settings.host, settings.port)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        logger.info("listening on %s://%s:%d", scheme, host, settings.port)
         await stop.wait()
         await drain(app)
     finally:

@@ -177,7 +177,9 @@ async def drain(app: web.Application) -> None:
     hub.draining = True
     grace_s = app[SETTINGS].shutdown_grace_s
     logger.info(
-        "shutting down: %d calls get up to %.0f s to finish", len(hub.calls), grace_s
+        "shutting down: calls in progress get up to %.0f s to finish (%d calls)",
+        grace_s,
+        len(hub.calls),
     )
     try:
         async with asyncio.timeout(grace_s):

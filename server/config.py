@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -193,15 +194,12 @@ class Settings:
     ) -> Settings:
         """Build settings from `environ`, falling back to values in `env_file`.
 
-        Variables set in the environment win over the file. Raises SettingsError
-        naming the variable and its accepted values when one is invalid.
+        Variables set in the environment win over the file, except empty
+        ones, which count as unset. Raises SettingsError naming the variable
+        and its accepted values when one is invalid.
         """
-        values: dict[str, str] = {}
-        if env_file is not None and env_file.is_file():
-            for key, value in dotenv_values(env_file).items():
-                if value is not None:
-                    values[key] = value
-        values.update(environ)
+        values = read_env_file(env_file)
+        values.update({key: value for key, value in environ.items() if value.strip()})
         return cls._parse(values)
 
     @classmethod
@@ -508,6 +506,23 @@ assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settin
 )
 
 
+def read_env_file(env_file: Path | None) -> dict[str, str]:
+    """Return the variables that `env_file` sets; none when there is no file."""
+    if env_file is None or not env_file.is_file():
+        return {}
+    return {
+        key: value
+        for key, value in dotenv_values(env_file).items()
+        if value is not None
+    }
+
+
+def unknown_names(env_file: Path | None) -> list[str]:
+    """Return the names in `env_file` that are not settings, such as typos."""
+    known = {setting.name for setting in SETTINGS_HELP}
+    return sorted(set(read_env_file(env_file)) - known)
+
+
 def env_example() -> str:
     """Return the text of `.env.example`: each setting, its default and unit."""
     lines = [
@@ -550,11 +565,17 @@ def _number_range(
             value = None
         if value is None or not low <= value <= high:
             raise SettingsError(
-                f"{name}={raw!r} is invalid: expected {kind} from {low:g} to {high:g}"
+                f"{name}={raw!r} is invalid: expected {kind} from "
+                f"{_plain(low)} to {_plain(high)}"
             )
         return value
 
     return parse
+
+
+def _plain(number: float) -> str:
+    """Format a bound without an exponent: 2592000, not 2.592e+06."""
+    return f"{number:.0f}" if float(number).is_integer() else f"{number:g}"
 
 
 def _origins(name: str, raw: str) -> tuple[str, ...]:
@@ -650,14 +671,36 @@ def _boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is invalid: expected true or false")
 
 
+# STUN and TURN URIs (RFC 7064, RFC 7065): scheme, host, optional port, and
+# for TURN an optional transport.
+_ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
+    r"(?::(?P<port>\d{1,5}))?(?P<query>\?transport=(?:udp|tcp))?"
+)
+
+
+def _check_ice_url(name: str, url: object, schemes: tuple[str, ...]) -> str:
+    match = _ICE_URL.fullmatch(url) if isinstance(url, str) else None
+    valid = (
+        match is not None
+        and match["scheme"] in schemes
+        and (match["port"] is None or 0 < int(match["port"]) < 65536)
+        and not (match["query"] and match["scheme"].startswith("stun"))
+    )
+    if not valid:
+        forms = " or ".join(f"{scheme}:HOST[:PORT]" for scheme in schemes)
+        raise SettingsError(
+            f"{name} has an invalid url {url!r}: expected {forms}, where a "
+            "turn: or turns: url may end with ?transport=udp or ?transport=tcp"
+        )
+    assert isinstance(url, str)
+    return url
+
+
 def _turn_urls(name: str, raw: str) -> tuple[str, ...]:
     urls = _csv(name, raw)
     for url in urls:
-        if not url.startswith(("turn:", "turns:")):
-            raise SettingsError(
-                f"{name} has an invalid url {url!r}: expected entries like "
-                "turn:turn.example.com:3478?transport=udp"
-            )
+        _check_ice_url(name, url, ("turn", "turns"))
     return urls
 
 
@@ -719,13 +762,7 @@ def _ice_servers(name: str, raw: str) -> tuple[dict[str, Any], ...]:
         if not isinstance(url_list, list) or not url_list:
             raise SettingsError(f"{name} has an entry without urls: {hint}")
         for url in url_list:
-            if not isinstance(url, str) or not url.startswith(
-                ("stun:", "stuns:", "turn:", "turns:")
-            ):
-                raise SettingsError(
-                    f"{name} has an invalid url {url!r}: expected stun:, stuns:, "
-                    "turn: or turns:"
-                )
+            _check_ice_url(name, url, ("stun", "stuns", "turn", "turns"))
         for key in ("username", "credential"):
             if key in entry and not isinstance(entry[key], str):
                 raise SettingsError(f"{name}: {key} must be a string")

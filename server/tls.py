@@ -46,10 +46,27 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
             message = f"{label}={str(path)!r} cannot be read: {reason}"
             raise SettingsError(message) from None
     try:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _EncryptedKey:
+        raise SettingsError(
+            f"TLS_KEY_FILE={str(key_file)!r} is encrypted with a passphrase, "
+            "which the server cannot ask for: store it decrypted, for example "
+            "with `openssl pkey -in KEY -out KEY.plain`, readable only by the "
+            "server's user"
+        ) from None
     except ssl.SSLError as exc:
         raise SettingsError(_load_error(cert_file, key_file, exc)) from None
     return context
+
+
+class _EncryptedKey(Exception):
+    """The key file needs a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    # Called by OpenSSL only for an encrypted key, instead of a prompt on the
+    # terminal that would stop start-up.
+    raise _EncryptedKey
 
 
 def _load_error(cert_file: Path, key_file: Path, exc: ssl.SSLError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -10,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from server.config import SETTINGS_HELP, Settings, SettingsError, env_example
+from server.config import (
+    SETTINGS_HELP,
+    Settings,
+    SettingsError,
+    env_example,
+    unknown_names,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +133,24 @@ def test_tls_and_turn_settings_checked() -> None:
         "TURN_URLS has an invalid url 'stun:127.0.0.1'": {
             "TURN_URLS": "turn:127.0.0.1,stun:127.0.0.1"
         },
+        "TURN_URLS has an invalid url 'turn:'": {
+            "TURN_URLS": "turn:",
+            "TURN_SECRET": "0123456789abcdef",
+        },
+        "TURN_URLS has an invalid url 'turn:a.example?transport=sctp'": {
+            "TURN_URLS": "turn:a.example?transport=sctp",
+            "TURN_SECRET": "0123456789abcdef",
+        },
+        "TURN_URLS has an invalid url 'turn:a.example:70000'": {
+            "TURN_URLS": "turn:a.example:70000",
+            "TURN_SECRET": "0123456789abcdef",
+        },
+        "ICE_SERVERS has an invalid url 'stun:'": {
+            "ICE_SERVERS": '[{"urls": "stun:"}]'
+        },
+        "ICE_SERVERS has an invalid url 'stun:a?transport=udp'": {
+            "ICE_SERVERS": '[{"urls": "stun:a?transport=udp"}]'
+        },
         "TLS_SELF_SIGNED='maybe' is invalid": {"TLS_SELF_SIGNED": "maybe"},
         "TURN_TTL_S='1' is invalid": {
             "TURN_URLS": "turn:127.0.0.1",
@@ -185,3 +210,70 @@ def test_console_script_starts_the_same_program() -> None:
     )
     assert result.stdout.startswith("usage: callbridge")
     assert "TURN_SECRET" in result.stdout
+
+
+def test_empty_variable_leaves_env_file_value(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=4000\nOPENAI_API_KEY=sk-file\n")
+    settings = Settings.from_env({"PORT": "", "OPENAI_API_KEY": " "}, env_file)
+    assert settings.port == 4000
+    assert settings.openai_api_key == "sk-file"
+
+
+def test_range_error_has_no_exponent() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env(
+            {
+                "TURN_URLS": "turn:a",
+                "TURN_SECRET": "0123456789abcdef",
+                "TURN_TTL_S": "4",
+            }
+        )
+    assert str(raised.value) == (
+        "TURN_TTL_S='4' is invalid: expected a number from 5 to 2592000"
+    )
+
+
+def test_unknown_names_in_env_file_are_warned(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PROT=4000\nHOST=127.0.0.1\n")
+    assert unknown_names(tmp_path / ".env") == ["PROT"]
+    # A port in use makes the server stop right after its start-up warnings.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "server"],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(ROOT), "PORT": str(taken.getsockname()[1])},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert ".env sets PROT, which is not a setting (see --help)" in result.stderr
+    assert "HOST" not in result.stderr.split("cannot listen")[0]
+
+
+def test_main_env_file_folder_is_an_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--env-file", str(tmp_path)],
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"error: --env-file '{tmp_path}' is a folder\n"
+
+
+def test_main_help_names_the_module_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.startswith("usage: python -m server")

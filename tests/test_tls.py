@@ -213,3 +213,21 @@ def test_bad_tls_files_stop_start_up(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "exclude each other" in stderr
+
+
+def test_encrypted_key_stops_start_up(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path)
+    encrypted = tmp_path / "encrypted-key.pem"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-aes256", "-passout", "pass:x",
+         "-out", str(encrypted)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    code, stderr = run_server(
+        tmp_path, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(encrypted)
+    )
+    assert code == 2
+    assert stderr.startswith(
+        f"error: TLS_KEY_FILE='{encrypted}' is encrypted with a passphrase"
+    )
+    assert len(stderr.strip().splitlines()) == 1

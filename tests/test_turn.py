@@ -22,7 +22,7 @@ from signaling.ice import IceServers, turn_credentials
 from tests.conftest import RunningServer, ServerFactory
 from tests.support.netns import assert_loopback_only
 from tests.support.peer import ClientPeer, SignalingClient, join_and_connect
-from tests.support.services import TurnServer
+from tests.support.services import TurnServer, free_udp_port
 
 TIMEOUT = 10.0
 STUN_URL = "stun:127.0.0.1:3478"
@@ -219,3 +219,21 @@ async def test_static_turn_password_is_warned_about(
     await start_server(ICE_SERVERS=f"[{entry}]")
     warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
     assert any("ICE_SERVERS contains a TURN password" in m for m in warnings)
+
+
+async def test_unreachable_turn_server_is_logged(
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+    server_log: list[logging.LogRecord],
+) -> None:
+    """Media still connects directly, and the log says why answers are slow."""
+    assert_loopback_only()
+    server = await start_server(
+        TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",
+        TURN_SECRET=TurnServer.secret,
+    )
+    _, answer = await connect_media(server, clients)
+    assert " typ relay" not in answer
+    warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
+    assert any(m.startswith("gathering ICE candidates took") for m in warnings)
+    assert any(m.startswith("no TURN relay candidate") for m in warnings)
