@@ -15,6 +15,12 @@ PREFIX = "callbridge"
 # estimate only; check the provider's current price list before relying on it.
 ESTIMATED_USD_PER_REALTIME_MIN = 0.06
 
+turn_gathering = Counter(
+    f"{PREFIX}_turn_gathering_total",
+    "Server answers gathered with a TURN server configured, by whether the "
+    "answer got a relay candidate (outcome relay or missing)",
+    ["outcome"],
+)
 connections = Gauge(f"{PREFIX}_connections", "Open signaling WebSockets")
 waiting = Gauge(f"{PREFIX}_waiting_participants", "Participants waiting for a partner")
 active_calls = Gauge(f"{PREFIX}_active_calls", "Calls in progress")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -18,6 +19,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from media import metrics
 from media.outbound import ListenerMixer, OutboundAudioTrack
 from media.sdp import BadSdp, check_offer
 
@@ -31,6 +33,18 @@ CLOSE_WAIT_S = 2.0
 # Candidate gathering slower than this means a STUN or TURN server did not
 # respond: aioice waits 5 s for each before it goes on without it.
 SLOW_GATHERING_S = 2.0
+
+
+@dataclass
+class TurnStatus:
+    """The outcome of the newest answer gathered with a TURN server, if any."""
+
+    last_outcome: str | None = None
+    last_at: float | None = None
+
+
+# Shared by the process, like the Prometheus metrics; /api/status shows it.
+turn_status = TurnStatus()
 
 # Closes still running after CLOSE_WAIT_S, referenced until they end.
 _closing: set[asyncio.Task[None]] = set()
@@ -136,7 +150,13 @@ class MediaLeg:
                 "ICE_SERVERS or TURN_URLS did not respond",
                 elapsed_s,
             )
-        if self._uses_turn and " typ relay" not in sdp:
+        if not self._uses_turn:
+            return
+        outcome = "relay" if " typ relay" in sdp else "missing"
+        metrics.turn_gathering.labels(outcome).inc()
+        turn_status.last_outcome = outcome
+        turn_status.last_at = time.time()
+        if outcome == "missing":
             logger.warning(
                 "no TURN relay candidate in the answer: the TURN server was "
                 "unreachable or rejected the credentials (check TURN_URLS and "

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hmac
 import time
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from media.languages import LANGUAGES
+from media.peer import turn_status
+from server.config import Settings
 from server.keys import ENGINE_NAME, HUB, PUBLIC_DIR, SETTINGS, STARTED_AT
 from signaling.cluster import status as cluster_status
 
@@ -96,9 +99,24 @@ async def status(request: web.Request) -> web.Response:
             "connections": hub.connections,
             "waiting": hub.waiting_count,
             "calls": len(hub.calls),
+            "tls": settings.tls_enabled,
             "dependencies": {
                 "upstream": upstream,
                 "redis": cluster_status(hub.cluster),
+                "turn": _turn_status(settings),
             },
         }
     )
+
+
+def _turn_status(settings: Settings) -> dict[str, Any]:
+    """Describe the TURN relay: off, or its URLs and the newest outcome."""
+    if not settings.turn_urls:
+        return {"state": "off"}
+    return {
+        "state": "configured",
+        "urls": list(settings.turn_urls),
+        "credential_ttl_s": settings.turn_credential_ttl_s,
+        "last_gathering": turn_status.last_outcome,
+        "last_gathering_at": turn_status.last_at,
+    }

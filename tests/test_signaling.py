@@ -301,3 +301,5 @@ async def test_health_and_status(server: RunningServer) -> None:
     for key in ("version", "uptime_s", "connections", "waiting", "calls"):
         assert key in status
     assert status["dependencies"]["upstream"]["state"] == "off"
+    assert status["dependencies"]["turn"] == {"state": "off"}
+    assert status["tls"] is False

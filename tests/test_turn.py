@@ -13,8 +13,10 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from aioice import stun
+from prometheus_client.parser import text_string_to_metric_families
 
 from media.peer import CLOSE_WAIT_S
 from server.config import TURN_QUEUE_ALLOWANCE_S, Settings
@@ -61,6 +63,31 @@ async def connect_media(
     finally:
         await peer.close()
     return joined, signaling.of_type("answer")[0]["sdp"]
+
+
+async def get_status(server: RunningServer) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.url + "/api/status") as response,
+    ):
+        status: dict[str, Any] = await response.json()
+        return status
+
+
+async def relay_missing_count(server: RunningServer) -> float:
+    """Read the counter of answers that got no relay candidate from /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.url + "/metrics") as response,
+    ):
+        text = await response.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "callbridge_turn_gathering_total" and sample.labels == {
+                "outcome": "missing"
+            }:
+                return sample.value
+    return 0.0
 
 
 async def allocate(turn_server: TurnServer, entry: dict[str, Any]) -> None:
@@ -191,6 +218,10 @@ async def test_server_peer_uses_turn_relay(
     assert all(" 127.0.0.1 " in line for line in relay_lines)
     server_user = f":server-{joined['participant_id']}>"
     assert server_user in turn_server.log()
+    turn = (await get_status(server))["dependencies"]["turn"]
+    assert turn["state"] == "configured"
+    assert turn["urls"] == [turn_server.url]
+    assert turn["last_gathering"] == "relay"
 
 
 async def test_close_does_not_wait_for_lost_turn_server(
@@ -232,8 +263,12 @@ async def test_unreachable_turn_server_is_logged(
         TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",
         TURN_SECRET=TurnServer.secret,
     )
+    before = await relay_missing_count(server)
     _, answer = await connect_media(server, clients)
     assert " typ relay" not in answer
+    assert await relay_missing_count(server) == before + 1
+    turn = (await get_status(server))["dependencies"]["turn"]
+    assert turn["last_gathering"] == "missing"
     warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
     assert any(m.startswith("gathering ICE candidates took") for m in warnings)
     assert any(m.startswith("no TURN relay candidate") for m in warnings)
