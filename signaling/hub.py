@@ -107,18 +107,17 @@ class Hub:
         participant_id_var.set(participant.id)
         if self.cluster is not None and not self.cluster.healthy:
             raise _shared_state_unavailable()
+        joined = {
+            "type": "joined",
+            "participant_id": participant.id,
+            "resume_token": participant.resume_token,
+            "ice_servers": self.config.ice_servers.for_peer(participant.id),
+        }
         await self._register(participant)
         logger.info(
             "joined: language=%s room=%s", language, "yes" if message.room else "no"
         )
-        participant.send(
-            {
-                "type": "joined",
-                "participant_id": participant.id,
-                "resume_token": participant.resume_token,
-                "ice_servers": self.config.ice_servers.for_peer(participant.id),
-            }
-        )
+        participant.send(joined)
         await self._pair(participant)
         return participant
 
@@ -223,6 +222,7 @@ class Hub:
         self._presence_changed(participant)
 
     async def offer(self, participant: Participant, sdp: str) -> None:
+        outbox = participant.outbox
         leg = MediaLeg(
             ice_servers=self.config.ice_servers.for_peer("server-" + participant.id),
             mixer=participant.mixer,
@@ -235,6 +235,13 @@ class Hub:
             await leg.close()
             logger.info("offer rejected: %s", exc)
             raise ProtocolError("bad_sdp", str(exc)) from None
+        if not participant.active or participant.outbox is not outbox:
+            # Answering takes a while (seconds with a slow TURN server). A
+            # participant who left meanwhile needs no media, and one who
+            # resumed on another socket forgot this offer and makes a new one.
+            await leg.close()
+            logger.info("offer answered after the participant left or resumed; dropped")
+            return
         old, participant.leg = participant.leg, leg
         participant.leg_started_at = asyncio.get_running_loop().time()
         if old is not None:

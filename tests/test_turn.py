@@ -9,6 +9,7 @@ tests/run-in-netns, like every test that opens WebRTC or TURN sockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aioice import stun
+from aiortc import RTCPeerConnection
 from prometheus_client.parser import text_string_to_metric_families
 
 from media.peer import CLOSE_WAIT_S
@@ -272,3 +274,75 @@ async def test_unreachable_turn_server_is_logged(
     warnings = [r.getMessage() for r in server_log if r.levelno == logging.WARNING]
     assert any(m.startswith("gathering ICE candidates took") for m in warnings)
     assert any(m.startswith("no TURN relay candidate") for m in warnings)
+
+
+def open_server_peers() -> int:
+    """Count the server's aiortc connections that are not closed."""
+    return sum(
+        1
+        for thing in gc.get_objects()
+        if isinstance(thing, RTCPeerConnection) and thing.connectionState != "closed"
+    )
+
+
+async def start_with_slow_answers(start_server: ServerFactory) -> RunningServer:
+    """A server whose answers take about 5 s: its TURN server never responds."""
+    return await start_server(
+        TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",
+        TURN_SECRET=TurnServer.secret,
+    )
+
+
+async def test_offer_of_departed_participant_is_dropped(
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+    server_log: list[logging.LogRecord],
+) -> None:
+    """Leaving on another socket while an offer is answered leaves no media."""
+    assert_loopback_only()
+    server = await start_with_slow_answers(start_server)
+    first, joined = await join(server, clients)
+    peer = ClientPeer()
+    try:
+        await first.send({"type": "offer", "sdp": await peer.make_offer()})
+        second = await SignalingClient.connect(server.ws_url)
+        clients.append(second)
+        await second.send({"type": "resume", "token": joined["resume_token"]})
+        await second.expect("resumed", TIMEOUT)
+        await second.send({"type": "leave"})
+        # The answer takes about 5 s; poll for up to TIMEOUT.
+        for _ in range(int(TIMEOUT * 10)):
+            if any("dropped" in record.getMessage() for record in server_log):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await peer.close()
+    assert any("dropped" in record.getMessage() for record in server_log)
+    assert joined["participant_id"] not in server.hub.participants
+    assert open_server_peers() == 0
+
+
+async def test_offer_from_before_resume_gets_no_answer(
+    start_server: ServerFactory, clients: list[SignalingClient]
+) -> None:
+    """Only the offer made on the resumed socket is answered there."""
+    assert_loopback_only()
+    server = await start_with_slow_answers(start_server)
+    first, joined = await join(server, clients)
+    old_peer, new_peer = ClientPeer(), ClientPeer()
+    try:
+        await first.send({"type": "offer", "sdp": await old_peer.make_offer()})
+        second = await SignalingClient.connect(server.ws_url)
+        clients.append(second)
+        await second.send({"type": "resume", "token": joined["resume_token"]})
+        await second.expect("resumed", TIMEOUT)
+        await second.send({"type": "offer", "sdp": await new_peer.make_offer()})
+        answer = await second.expect("answer", TIMEOUT)
+        await new_peer.accept_answer(answer["sdp"])
+        await new_peer.wait_connected(TIMEOUT)
+        # The old offer was sent first, so its answer would have come first.
+        await asyncio.sleep(1.0)
+        assert len(second.of_type("answer")) == 1
+    finally:
+        await old_peer.close()
+        await new_peer.close()
