@@ -510,11 +510,13 @@ def read_env_file(env_file: Path | None) -> dict[str, str]:
     """Return the variables that `env_file` sets; none when there is no file."""
     if env_file is None or not env_file.is_file():
         return {}
-    return {
-        key: value
-        for key, value in dotenv_values(env_file).items()
-        if value is not None
-    }
+    try:
+        values = dotenv_values(env_file, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{env_file} could not be read as UTF-8 text: {exc}"
+        ) from None
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def unknown_names(env_file: Path | None) -> list[str]:
@@ -653,6 +655,9 @@ def _glossary_file(name: str, raw: str) -> Path:
 
 def _readable_file(name: str, raw: str) -> Path:
     path = Path(raw)
+    if path.exists() and not path.is_file():
+        # A folder, a device such as /dev/zero or a FIFO would block or never end.
+        raise SettingsError(f"{name}={raw!r} is invalid: not a regular file")
     try:
         with path.open("rb") as handle:
             handle.read(1)
@@ -672,10 +677,11 @@ def _boolean(name: str, raw: str) -> bool:
 
 
 # STUN and TURN URIs (RFC 7064, RFC 7065): scheme, host, optional port, and
-# for TURN an optional transport.
+# for TURN an optional transport. IPv6 literals are left out because aiortc
+# 1.16, which the server's own peers use, cannot parse them.
 _ICE_URL = re.compile(
-    r"(?P<scheme>stuns?|turns?):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
-    r"(?::(?P<port>\d{1,5}))?(?P<query>\?transport=(?:udp|tcp))?"
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9.-]+)"
+    r"(?::(?P<port>\d{1,5}))?(?P<query>\?transport=(?P<transport>udp|tcp))?"
 )
 
 
@@ -686,12 +692,15 @@ def _check_ice_url(name: str, url: object, schemes: tuple[str, ...]) -> str:
         and match["scheme"] in schemes
         and (match["port"] is None or 0 < int(match["port"]) < 65536)
         and not (match["query"] and match["scheme"].startswith("stun"))
+        # aiortc skips turns: over UDP, which would need DTLS.
+        and not (match["scheme"] == "turns" and match["transport"] == "udp")
     )
     if not valid:
         forms = " or ".join(f"{scheme}:HOST[:PORT]" for scheme in schemes)
         raise SettingsError(
-            f"{name} has an invalid url {url!r}: expected {forms}, where a "
-            "turn: or turns: url may end with ?transport=udp or ?transport=tcp"
+            f"{name} has an invalid url {url!r}: expected {forms}, where HOST "
+            "is a name or an IPv4 address and a turn: url may end with "
+            "?transport=udp or ?transport=tcp (turns: only with tcp)"
         )
     assert isinstance(url, str)
     return url
@@ -707,6 +716,12 @@ def _turn_urls(name: str, raw: str) -> tuple[str, ...]:
 def _secret(name: str, raw: str) -> str:
     if len(raw) < 16:
         raise SettingsError(f"{name} is too short: use at least 16 characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(
+            f"{name} is invalid: it contains bytes that are not UTF-8 text"
+        ) from None
     return raw
 
 
@@ -763,6 +778,13 @@ def _ice_servers(name: str, raw: str) -> tuple[dict[str, Any], ...]:
             raise SettingsError(f"{name} has an entry without urls: {hint}")
         for url in url_list:
             _check_ice_url(name, url, ("stun", "stuns", "turn", "turns"))
+        if any(url.startswith("turn") for url in url_list) and not (
+            entry.get("username") and entry.get("credential")
+        ):
+            raise SettingsError(
+                f"{name} has a turn: entry without username and credential, "
+                "which browsers reject; use TURN_URLS with TURN_SECRET instead"
+            )
         for key in ("username", "credential"):
             if key in entry and not isinstance(entry[key], str):
                 raise SettingsError(f"{name}: {key} must be a string")

@@ -36,18 +36,21 @@ class IceServers:
     clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def for_peer(self, peer_id: str) -> list[dict[str, Any]]:
-        """Return the server list for `peer_id`, with new TURN credentials."""
+        """Return the server list for `peer_id`, with new TURN credentials.
+
+        The signed entry comes first, because aiortc uses only the first TURN
+        URL it finds.
+        """
         servers = [dict(entry) for entry in self.static]
         if self.turn_urls and self.turn_secret:
             expires_at = int(self.clock() + self.turn_ttl_s)
             username, credential = turn_credentials(
                 self.turn_secret, peer_id, expires_at
             )
-            servers.append(
-                {
-                    "urls": list(self.turn_urls),
-                    "username": username,
-                    "credential": credential,
-                }
-            )
+            signed = {
+                "urls": list(self.turn_urls),
+                "username": username,
+                "credential": credential,
+            }
+            servers.insert(0, signed)
         return servers

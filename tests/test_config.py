@@ -151,6 +151,25 @@ def test_tls_and_turn_settings_checked() -> None:
         "ICE_SERVERS has an invalid url 'stun:a?transport=udp'": {
             "ICE_SERVERS": '[{"urls": "stun:a?transport=udp"}]'
         },
+        "TURN_URLS has an invalid url 'turn:[::1]:3478'": {
+            "TURN_URLS": "turn:[::1]:3478",
+            "TURN_SECRET": "0123456789abcdef",
+        },
+        "TURN_URLS has an invalid url 'turns:a.example?transport=udp'": {
+            "TURN_URLS": "turns:a.example?transport=udp",
+            "TURN_SECRET": "0123456789abcdef",
+        },
+        "ICE_SERVERS has a turn: entry without username and credential": {
+            "ICE_SERVERS": '[{"urls": "turn:a.example:3478", "username": "u"}]'
+        },
+        "TURN_SECRET is invalid: it contains bytes that are not UTF-8 text": {
+            "TURN_URLS": "turn:a.example",
+            "TURN_SECRET": "0123456789abcdef\udcff",
+        },
+        "TLS_CERT_FILE='/dev/zero' is invalid: not a regular file": {
+            "TLS_CERT_FILE": "/dev/zero",
+            "TLS_KEY_FILE": "/dev/zero",
+        },
         "TLS_SELF_SIGNED='maybe' is invalid": {"TLS_SELF_SIGNED": "maybe"},
         "TURN_TTL_S='1' is invalid": {
             "TURN_URLS": "turn:127.0.0.1",
@@ -277,3 +296,20 @@ def test_main_help_names_the_module_command() -> None:
         check=True,
     )
     assert result.stdout.startswith("usage: python -m server")
+
+
+def test_env_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"TURN_SECRET=abc\xff\xfe0123456789abcdef\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: .env could not be read as UTF-8 text")

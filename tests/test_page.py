@@ -556,7 +556,7 @@ async def test_call_through_turn_relay_only(
     # coturn log shows the user of each allocation.
     joined = [message for message in received if message["type"] == "joined"]
     page_users = {
-        server_list[-1]["username"]
+        server_list[0]["username"]
         for server_list in (message["ice_servers"] for message in joined)
     }
     assert len(page_users) == 2
@@ -564,7 +564,7 @@ async def test_call_through_turn_relay_only(
     for user in page_users:
         assert f"user <{user}>: incoming packet ALLOCATE processed, success" in log
 
-    entry = joined[0]["ice_servers"][-1]
+    entry = joined[0]["ice_servers"][0]
     expires_at = int(entry["username"].split(":")[0])
     assert expires_at <= time.time() + TURN_TTL_S
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 1.5)

@@ -163,7 +163,7 @@ async def test_joined_and_resumed_carry_fresh_credentials(
     server = await start_with_turn(start_server, turn_server, TURN_TTL_S="600")
     started = time.time()
     first, joined = await join(server, clients)
-    stun_entry, turn_entry = joined["ice_servers"]
+    turn_entry, stun_entry = joined["ice_servers"]
     assert stun_entry == {"urls": f"stun:127.0.0.1:{turn_server.port}"}
     assert turn_entry["urls"] == [turn_server.url]
     assert turn_entry["username"].endswith(":" + joined["participant_id"])
@@ -177,7 +177,7 @@ async def test_joined_and_resumed_carry_fresh_credentials(
     clients.append(again)
     await again.send({"type": "resume", "token": joined["resume_token"]})
     resumed = await again.expect("resumed", TIMEOUT)
-    fresh = resumed["ice_servers"][1]
+    fresh = resumed["ice_servers"][0]
     assert fresh["username"].endswith(":" + joined["participant_id"])
     assert expiry_of(fresh) > expiry_of(turn_entry)
     assert fresh["credential"] != turn_entry["credential"]
@@ -192,7 +192,7 @@ async def test_credentials_expire_as_configured(
     assert_loopback_only()
     server = await start_with_turn(start_server, turn_server, TURN_TTL_S="5")
     _, joined = await join(server, clients)
-    entry = joined["ice_servers"][1]
+    entry = joined["ice_servers"][0]
     await allocate(turn_server, entry)
 
     await asyncio.sleep(max(0.0, expiry_of(entry) - time.time()) + 1.5)
@@ -346,3 +346,25 @@ async def test_offer_from_before_resume_gets_no_answer(
     finally:
         await old_peer.close()
         await new_peer.close()
+
+
+async def test_signed_turn_entry_comes_first(
+    turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+) -> None:
+    """A TURN entry in ICE_SERVERS does not hide TURN_URLS from aiortc."""
+    assert_loopback_only()
+    rejected = (
+        f'{{"urls": "turn:127.0.0.1:{turn_server.port}", '
+        '"username": "static", "credential": "wrong"}'
+    )
+    server = await start_server(
+        ICE_SERVERS=f"[{rejected}]",
+        TURN_URLS=turn_server.url,
+        TURN_SECRET=turn_server.secret,
+    )
+    joined, answer = await connect_media(server, clients)
+    assert joined["ice_servers"][0]["urls"] == [turn_server.url]
+    assert joined["ice_servers"][1]["username"] == "static"
+    assert " typ relay" in answer
