@@ -12,9 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aiohttp import web
-
-from server.app import create_app, drain, make_runner
+from server.app import Site, create_app, drain, make_runner
 from server.config import (
     SETTINGS_HELP,
     Settings,
@@ -23,7 +21,7 @@ from server.config import (
     unknown_names,
 )
 from server.logs import configure_logging
-from server.tls import make_self_signed, server_context
+from server.tls import make_self_signed, server_context, validity_warning
 
 logger = logging.getLogger("server")
 
@@ -102,7 +100,11 @@ def tls_context(settings: Settings, folder: Path) -> ssl.SSLContext | None:
     A self-signed certificate is written to `folder` and lives as long as it.
     """
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
-        return server_context(settings.tls_cert_file, settings.tls_key_file)
+        context = server_context(settings.tls_cert_file, settings.tls_key_file)
+        warning = validity_warning(settings.tls_cert_file)
+        if warning is not None:
+            logger.warning("%s", warning)
+        return context
     if not settings.tls_self_signed:
         return None
     made = make_self_signed(folder)
@@ -126,8 +128,12 @@ async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(
-            runner, settings.host, settings.port, ssl_context=ssl_context
+        site = Site(
+            runner,
+            settings.host,
+            settings.port,
+            ssl_context=ssl_context,
+            handshake_timeout_s=settings.request_timeout_s,
         )
         await site.start()
         scheme = "https" if ssl_context is not None else "http"

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,3 +193,42 @@ async def drain(app: web.Application) -> None:
     connections: set[SignalingConnection] = app[CONNECTIONS]
     for connection in list(connections):
         connection.outbox.close(1001, "server shutdown")
+
+
+class Site(web.TCPSite):
+    """A TCP site whose TLS handshakes time out like stalled requests do.
+
+    aiohttp's TCPSite leaves asyncio's 60 s handshake timeout, so a client
+    that stalls inside the handshake would keep its socket for a minute
+    whatever REQUEST_TIMEOUT_S says.
+    """
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        handshake_timeout_s: float,
+    ) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        # The same steps as TCPSite.start, plus the handshake timeout.
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout_s,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]

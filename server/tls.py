@@ -69,6 +69,30 @@ def _no_passphrase() -> bytes:
     raise _EncryptedKey
 
 
+def validity_warning(cert_file: Path) -> str | None:
+    """Return a warning when the first certificate in the file is not valid now.
+
+    Browsers refuse such a certificate, but the server still starts, so that
+    a renewal can replace the file.
+    """
+    try:
+        cert = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_after_utc < now:
+        return (
+            f"TLS_CERT_FILE={str(cert_file)!r} expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: browsers will refuse it"
+        )
+    if cert.not_valid_before_utc > now:
+        return (
+            f"TLS_CERT_FILE={str(cert_file)!r} is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: browsers will refuse it"
+        )
+    return None
+
+
 def _load_error(cert_file: Path, key_file: Path, exc: ssl.SSLError) -> str:
     reason = exc.reason or str(exc)
     if reason == "KEY_VALUES_MISMATCH":
