@@ -198,9 +198,9 @@ async def drain(app: web.Application) -> None:
 class Site(web.TCPSite):
     """A TCP site whose TLS handshakes time out like stalled requests do.
 
-    aiohttp's TCPSite leaves asyncio's 60 s handshake timeout, so a client
-    that stalls inside the handshake would keep its socket for a minute
-    whatever REQUEST_TIMEOUT_S says.
+    aiohttp's TCPSite keeps asyncio's 60 s handshake timeout, so a client
+    that stalls inside the handshake would keep its socket for a minute,
+    longer than REQUEST_TIMEOUT_S.
     """
 
     def __init__(

@@ -236,9 +236,10 @@ class Hub:
             logger.info("offer rejected: %s", exc)
             raise ProtocolError("bad_sdp", str(exc)) from None
         if not participant.active or participant.outbox is not outbox:
-            # Answering takes a while (seconds with a slow TURN server). A
-            # participant who left meanwhile needs no media, and one who
-            # resumed on another socket forgot this offer and makes a new one.
+            # Creating the SDP answer can take seconds with a slow TURN
+            # server. A participant who left meanwhile needs no media, and one
+            # who resumed on another socket forgot this offer and makes a new
+            # one.
             await leg.close()
             logger.info("offer answered after the participant left or resumed; dropped")
             return
