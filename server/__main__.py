@@ -140,7 +140,9 @@ async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         logger.info("listening on %s://%s:%d", scheme, host, settings.port)
         await stop.wait()
-        await drain(app)
+        # A task of its own, so the call ids that draining puts in the log
+        # context do not stay on the lines logged after it.
+        await asyncio.create_task(drain(app))
     finally:
         await runner.cleanup()
     logger.info("stopped")

@@ -536,7 +536,9 @@ class Hub:
             logger.info(
                 "participant unreachable (signaling %s, media %s); holding %.0f s",
                 "up" if participant.signaling_up else "down",
-                "down" if participant.media_down else "up",
+                "down"
+                if participant.media_down
+                else ("up" if participant.leg is not None else "not set up"),
                 self.config.resume_grace_s,
             )
             if call is not None:
