@@ -142,7 +142,7 @@ async def listen(track: OutboundAudioTrack, onsets: list[float]) -> None:
     """Read the track at its pace; record when each burst of audio starts."""
     sounding = False
     while True:
-        frame = await track.recv()
+        frame = await track.next_frame()
         samples = frame.to_ndarray().reshape(-1).astype(np.float64)
         loud = float(np.sqrt(np.mean(samples**2))) > SILENT_RMS
         if loud and not sounding:

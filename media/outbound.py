@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from typing import Any
 
 import av
 import numpy as np
@@ -17,12 +18,16 @@ from media import metrics
 from media.audio import (
     OUTPUT_RATE,
     SAMPLES_PER_FRAME,
+    TIME_BASE,
     Pcm,
     mix,
     output_frame,
 )
 
 logger = logging.getLogger(__name__)
+
+# Bit rate of the Opus packets sent to listeners: ample for mono speech.
+OPUS_BITRATE = 32_000
 
 # Translated speech arrives in bursts faster than real time, so its queue must
 # hold a whole phrase; past this it drops the oldest audio.
@@ -211,8 +216,38 @@ class ListenerMixer:
             self._original_backlog_frames = 0
 
 
+class OpusEncoder:
+    """Encode 20 ms mono frames to Opus packets, one packet per frame.
+
+    aiortc's own encoder turns each mono frame into stereo and encodes it at
+    96 kbit/s on a worker thread, and first computes the frame's audio level
+    in a pure-Python loop. Mono speech at OPUS_BITRATE needs about half of
+    that CPU time (see BENCHMARKS.md), and a track that returns packets skips
+    the rest. An Opus receiver plays mono packets in a stereo stream.
+    """
+
+    def __init__(self) -> None:
+        self._codec = av.CodecContext.create("libopus", "w")
+        self._codec.bit_rate = OPUS_BITRATE
+        self._codec.format = "s16"
+        self._codec.layout = "mono"
+        self._codec.sample_rate = OUTPUT_RATE
+        self._codec.time_base = TIME_BASE
+        self._codec.options = {"application": "voip"}
+
+    def encode(self, frame: av.AudioFrame) -> av.Packet[Any]:
+        packets = self._codec.encode(frame)
+        if len(packets) != 1:
+            raise RuntimeError(f"libopus returned {len(packets)} packets for a frame")
+        packet = packets[0]
+        # The RTP timestamp follows the frame, not the encoder's delay.
+        packet.pts = frame.pts
+        packet.time_base = TIME_BASE
+        return packet
+
+
 class OutboundAudioTrack(MediaStreamTrack):
-    """Send a mixer's audio as 20 ms, 48 kHz mono frames paced by the clock.
+    """Send a mixer's audio as 20 ms Opus packets paced by the clock.
 
     The clock, not the producer, decides when a frame goes out: a burst of
     translated audio waits in the mixer, and an empty mixer yields silence.
@@ -223,11 +258,17 @@ class OutboundAudioTrack(MediaStreamTrack):
     def __init__(self, mixer: ListenerMixer) -> None:
         super().__init__()
         self._mixer = mixer
+        self._encoder = OpusEncoder()
         self._start: float | None = None
         self._pts = 0
         self.late_resyncs = 0
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet[Any]:
+        """Return the next 20 ms as one Opus packet, when the clock says so."""
+        return self._encoder.encode(await self.next_frame())
+
+    async def next_frame(self) -> av.AudioFrame:
+        """Wait for the next 20 ms on the clock and return it as 48 kHz mono."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import av
 import numpy as np
 
 from media.audio import OUTPUT_RATE, SAMPLES_PER_FRAME, TIME_BASE
@@ -88,7 +89,7 @@ async def test_outbound_track_paces_a_burst() -> None:
     mixer.push_translated(tone(1.0))
     track = OutboundAudioTrack(mixer)
     started = time.monotonic()
-    frames = [await track.recv() for _ in range(51)]
+    frames = [await track.next_frame() for _ in range(51)]
     elapsed = time.monotonic() - started
     # 51 frames span 50 intervals of 20 ms; the clock may be late, never early.
     assert elapsed >= 0.99
@@ -105,7 +106,7 @@ async def test_outbound_track_gap_yields_silence() -> None:
     mixer.set_original_mode("off")
     track = OutboundAudioTrack(mixer)
     async with asyncio.timeout(5):
-        frames = [await track.recv() for _ in range(5)]
+        frames = [await track.next_frame() for _ in range(5)]
     assert all(not frame.to_ndarray().any() for frame in frames)
     track.stop()
 
@@ -167,3 +168,35 @@ def test_mixer_never_skips_speech() -> None:
     assert all(frame.any() for frame in frames)
     assert mixer.silent_frames_skipped == 0
     assert len(mixer.translated) == 0
+
+
+async def test_outbound_track_sends_mono_opus_packets() -> None:
+    """Each 20 ms becomes one packet that an Opus decoder turns back into it."""
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    sent = tone(0.5)
+    mixer.push_translated(sent)
+    track = OutboundAudioTrack(mixer)
+    # aiortc's receiver decodes every stream as stereo, as a browser may.
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.format = "s16"
+    decoder.layout = "stereo"
+    decoder.sample_rate = OUTPUT_RATE
+    received = []
+    async with asyncio.timeout(5):
+        for index in range(25):
+            packet = await track.recv()
+            assert packet.pts == index * SAMPLES_PER_FRAME
+            assert packet.time_base == TIME_BASE
+            for frame in decoder.decode(packet):
+                received.append(frame.to_ndarray().reshape(-1, 2)[:, 0])
+    track.stop()
+    decoded = np.concatenate(received).astype(np.float64)
+    assert decoded.size == sent.size
+    # Opus delays its output by a few milliseconds; compare levels and pitch.
+    sent_rms = np.sqrt(np.mean(sent.astype(np.float64) ** 2))
+    decoded_rms = np.sqrt(np.mean(decoded[2400:] ** 2))
+    assert abs(decoded_rms - sent_rms) / sent_rms < 0.1
+    spectrum = np.abs(np.fft.rfft(decoded[2400:]))
+    peak_hz = np.argmax(spectrum) * OUTPUT_RATE / (decoded.size - 2400)
+    assert abs(peak_hz - 440) < 10
