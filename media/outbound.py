@@ -264,7 +264,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self.late_resyncs = 0
 
     async def recv(self) -> av.Packet[Any]:
-        """Return the next 20 ms as one Opus packet, when the clock says so."""
+        """Return the next 20 ms as one Opus packet, at its time on the clock."""
         return self._encoder.encode(await self.next_frame())
 
     async def next_frame(self) -> av.AudioFrame:
