@@ -24,6 +24,7 @@ from aiortc.rtp import compute_audio_level_dbov
 from bench.plan import FRAME_SAMPLES, SAMPLE_RATE, SendPlan
 from media.audio import Resampler, output_frame
 from media.outbound import ListenerMixer
+from media.outbound import OpusEncoder as MonoOpusEncoder
 
 REPEATS = 5
 CALLS_PER_REPEAT = 400
@@ -76,6 +77,11 @@ def measure_frame_costs(plan: SendPlan) -> list[tuple[str, float]]:
     def encode_server_frame() -> Any:
         return encoder.encode(output_frame(speech, next(counter) * FRAME_SAMPLES))
 
+    own_encoder = MonoOpusEncoder()
+
+    def encode_own_frame() -> Any:
+        return own_encoder.encode(output_frame(speech, next(counter) * FRAME_SAMPLES))
+
     to_listener = Resampler(48_000)
     to_engine = Resampler(24_000)
     mixer = ListenerMixer()
@@ -94,6 +100,10 @@ def measure_frame_costs(plan: SendPlan) -> list[tuple[str, float]]:
             _best_us(_libopus("stereo", 96_000)),
         ),
         ("libopus alone, mono 48 kbit/s", _best_us(_libopus("mono", 48_000))),
+        (
+            "media OpusEncoder.encode of one server frame (mono 32 kbit/s, sent)",
+            _best_us(encode_own_frame),
+        ),
         (
             "aiortc OpusDecoder.decode",
             _best_us(lambda: decoder.decode(JitterFrame(plan.packets[10], 0))),
