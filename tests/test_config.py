@@ -22,6 +22,21 @@ from server.config import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_main(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m server` to its exit, with PYTHONPATH and `env` only."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_settings_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.port == 3000
@@ -82,15 +97,7 @@ def test_settings_base_url_without_key_enables_translation() -> None:
 
 
 def test_main_invalid_setting_exits_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server"],
-        cwd=tmp_path,
-        env={"PORT": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_main(cwd=tmp_path, env={"PORT": "0"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: PORT='0' is invalid: expected an integer from 1 to 65535"
@@ -98,13 +105,7 @@ def test_main_invalid_setting_exits_with_one_line(tmp_path: Path) -> None:
 
 
 def test_main_help_lists_every_setting_with_default() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_main("--help")
     # argparse wraps nothing in the epilog, so each setting is one line.
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line}
     for setting in SETTINGS_HELP:
@@ -200,15 +201,7 @@ def test_console_script_is_declared() -> None:
 
 
 def test_main_missing_env_file_is_an_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--env-file", "missing.env"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_main("--env-file", "missing.env", cwd=tmp_path)
     assert result.returncode == 2
     assert "--env-file 'missing.env' was not found" in result.stderr
 
@@ -260,55 +253,26 @@ def test_unknown_names_in_env_file_are_warned(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = subprocess.run(
-            [sys.executable, "-m", "server"],
-            cwd=tmp_path,
-            env={"PYTHONPATH": str(ROOT), "PORT": str(taken.getsockname()[1])},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_main(cwd=tmp_path, env={"PORT": str(taken.getsockname()[1])})
     assert result.returncode == 1
     assert ".env sets PROT, which is not a setting (see --help)" in result.stderr
     assert "HOST" not in result.stderr.split("cannot listen")[0]
 
 
 def test_main_env_file_folder_is_an_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--env-file", str(tmp_path)],
-        env={"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_main("--env-file", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr == f"error: --env-file '{tmp_path}' is a folder\n"
 
 
 def test_main_help_names_the_module_command() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_main("--help")
     assert result.stdout.startswith("usage: python -m server")
 
 
 def test_env_file_not_utf8_is_one_line(tmp_path: Path) -> None:
     (tmp_path / ".env").write_bytes(b"TURN_SECRET=abc\xff\xfe0123456789abcdef\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "server"],
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_main(cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

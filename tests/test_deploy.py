@@ -8,7 +8,6 @@ Docker build run where those programs are installed, and skip otherwise.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import hmac
 import importlib
@@ -32,12 +31,9 @@ import pytest
 import yaml
 from aioice import stun
 from aioice.turn import make_integrity_key
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from server.config import SETTINGS_HELP
+from tests.support.certs import write_certificate
 from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -744,34 +740,6 @@ def test_nginx_conf_passes_nginx_check(tmp_path: Path) -> None:
 # The HEALTHCHECK against a real server
 
 
-def write_certificate(folder: Path) -> tuple[Path, Path]:
-    """Write a self-signed certificate for localhost and its key as PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file = folder / "cert.pem"
-    key_file = folder / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 def run_healthcheck(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the HEALTHCHECK command as Docker does, with `python` from this venv."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -786,7 +754,7 @@ def run_healthcheck(environment: dict[str, str]) -> subprocess.CompletedProcess[
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    return write_certificate(tmp_path)
+    return write_certificate(tmp_path, common_name="localhost")
 
 
 @pytest.mark.parametrize("tls", ["off", "self-signed", "certificate file"])

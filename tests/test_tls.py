@@ -7,7 +7,6 @@ server's own code, and clients trust exactly that certificate.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import json
 import os
@@ -22,11 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.support.certs import write_certificate
 from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,37 +251,16 @@ async def test_stalled_handshake_closed_after_request_timeout(
     writer.close()
 
 
-def make_expired_certificate(folder: Path) -> tuple[Path, Path]:
-    """Write a certificate for 127.0.0.1 that expired yesterday, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=30))
-        .not_valid_after(now - datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "expired-cert.pem", folder / "expired-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_expired_certificate_is_warned_about(
     tmp_path: Path, start_process: StartProcess
 ) -> None:
-    cert, key = make_expired_certificate(tmp_path)
+    cert, key = write_certificate(
+        tmp_path,
+        common_name="127.0.0.1",
+        prefix="expired",
+        valid_from_days=-30,
+        valid_until_days=-1,
+    )
     server = await start_process(TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
     assert f"TLS_CERT_FILE='{cert}' expired on " in server.log
     assert "browsers will refuse it" in server.log
