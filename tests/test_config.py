@@ -18,23 +18,7 @@ from server.config import (
     env_example,
     unknown_names,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_main(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m server` to its exit, with PYTHONPATH and `env` only."""
-    return subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.services import ROOT, run_server_to_exit
 
 
 def test_settings_defaults() -> None:
@@ -97,7 +81,7 @@ def test_settings_base_url_without_key_enables_translation() -> None:
 
 
 def test_main_invalid_setting_exits_with_one_line(tmp_path: Path) -> None:
-    result = run_main(cwd=tmp_path, env={"PORT": "0"})
+    result = run_server_to_exit(cwd=tmp_path, env={"PORT": "0"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: PORT='0' is invalid: expected an integer from 1 to 65535"
@@ -105,7 +89,7 @@ def test_main_invalid_setting_exits_with_one_line(tmp_path: Path) -> None:
 
 
 def test_main_help_lists_every_setting_with_default() -> None:
-    result = run_main("--help")
+    result = run_server_to_exit("--help")
     # argparse wraps nothing in the epilog, so each setting is one line.
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line}
     for setting in SETTINGS_HELP:
@@ -201,7 +185,7 @@ def test_console_script_is_declared() -> None:
 
 
 def test_main_missing_env_file_is_an_error(tmp_path: Path) -> None:
-    result = run_main("--env-file", "missing.env", cwd=tmp_path)
+    result = run_server_to_exit("--env-file", "missing.env", cwd=tmp_path)
     assert result.returncode == 2
     assert "--env-file 'missing.env' was not found" in result.stderr
 
@@ -253,26 +237,27 @@ def test_unknown_names_in_env_file_are_warned(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = run_main(cwd=tmp_path, env={"PORT": str(taken.getsockname()[1])})
+        port = str(taken.getsockname()[1])
+        result = run_server_to_exit(cwd=tmp_path, env={"PORT": port})
     assert result.returncode == 1
     assert ".env sets PROT, which is not a setting (see --help)" in result.stderr
     assert "HOST" not in result.stderr.split("cannot listen")[0]
 
 
 def test_main_env_file_folder_is_an_error(tmp_path: Path) -> None:
-    result = run_main("--env-file", str(tmp_path))
+    result = run_server_to_exit("--env-file", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr == f"error: --env-file '{tmp_path}' is a folder\n"
 
 
 def test_main_help_names_the_module_command() -> None:
-    result = run_main("--help")
+    result = run_server_to_exit("--help")
     assert result.stdout.startswith("usage: python -m server")
 
 
 def test_env_file_not_utf8_is_one_line(tmp_path: Path) -> None:
     (tmp_path / ".env").write_bytes(b"TURN_SECRET=abc\xff\xfe0123456789abcdef\n")
-    result = run_main(cwd=tmp_path)
+    result = run_server_to_exit(cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

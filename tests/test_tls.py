@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.support.certs import write_certificate
-from tests.support.services import free_port
+from tests.support.services import free_port, run_server_to_exit
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 20.0
@@ -159,14 +159,8 @@ async def test_self_signed_certificate_is_announced(
 
 def run_server(tmp_path: Path, *args: str, **settings: str) -> tuple[int, str]:
     """Run `python -m server` to its exit; return the code and its stderr."""
-    result = subprocess.run(
-        [sys.executable, "-m", "server", *args],
-        cwd=tmp_path,
-        env=server_env(PORT=str(free_port()), **settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_server_to_exit(
+        *args, cwd=tmp_path, env=server_env(PORT=str(free_port()), **settings)
     )
     return result.returncode, result.stderr
 

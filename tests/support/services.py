@@ -1,10 +1,13 @@
-"""Local services for tests: free ports and a real redis-server."""
+"""Local services for tests: free ports, real redis-server and coturn
+processes, and runs of the call server to its exit."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import redis.asyncio as redis
@@ -12,6 +15,22 @@ from aioice import stun, turn
 from redis.exceptions import RedisError
 
 START_TIMEOUT_S = 10.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_server_to_exit(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m server` until it exits, with PYTHONPATH and `env` only."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd,
+        env={"PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def free_port() -> int:
