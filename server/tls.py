@@ -38,13 +38,6 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    for label, path in (("TLS_CERT_FILE", cert_file), ("TLS_KEY_FILE", key_file)):
-        try:
-            path.read_bytes()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            message = f"{label}={str(path)!r} cannot be read: {reason}"
-            raise SettingsError(message) from None
     try:
         context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
     except _EncryptedKey:
@@ -56,6 +49,13 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
         ) from None
     except ssl.SSLError as exc:
         raise SettingsError(_load_error(cert_file, key_file, exc)) from None
+    except OSError as exc:
+        # The settings checked that both files are readable, so this is a
+        # file removed or changed since then.
+        raise SettingsError(
+            f"TLS_CERT_FILE={str(cert_file)!r} or TLS_KEY_FILE={str(key_file)!r} "
+            f"cannot be read: {exc.strerror or exc}"
+        ) from None
     return context
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from server.config import SettingsError
+from server.tls import server_context
 from tests.support.certs import write_certificate
 from tests.support.services import free_port, run_server_to_exit
 
@@ -258,3 +260,10 @@ async def test_expired_certificate_is_warned_about(
     server = await start_process(TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
     assert f"TLS_CERT_FILE='{cert}' expired on " in server.log
     assert "browsers will refuse it" in server.log
+
+
+def test_server_context_file_gone_is_settings_error(tmp_path: Path) -> None:
+    """A file removed after the settings were read still gives one clear line."""
+    missing = tmp_path / "gone.pem"
+    with pytest.raises(SettingsError, match="cannot be read: No such file"):
+        server_context(missing, missing)
