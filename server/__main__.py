@@ -107,15 +107,15 @@ def tls_context(settings: Settings, folder: Path) -> ssl.SSLContext | None:
         return context
     if not settings.tls_self_signed:
         return None
-    made = make_self_signed(folder)
+    certificate = make_self_signed(folder)
     logger.warning(
         "TLS with a self-signed certificate made at start-up, for tests only: "
         "browsers warn before they open the page. Names: %s. SHA-256 "
         "fingerprint: %s",
-        ", ".join(made.names),
-        made.fingerprint,
+        ", ".join(certificate.names),
+        certificate.fingerprint,
     )
-    return server_context(made.cert_file, made.key_file)
+    return server_context(certificate.cert_file, certificate.key_file)
 
 
 async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:

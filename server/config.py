@@ -656,7 +656,7 @@ def _glossary_file(name: str, raw: str) -> Path:
 def _readable_file(name: str, raw: str) -> Path:
     path = Path(raw)
     if path.exists() and not path.is_file():
-        # A folder, a device such as /dev/zero or a FIFO would block or never end.
+        # Reading a FIFO blocks and reading /dev/zero never ends.
         raise SettingsError(f"{name}={raw!r} is invalid: not a regular file")
     try:
         with path.open("rb") as handle:

@@ -893,18 +893,21 @@ def wait_for_container_health(docker: str, container: str) -> str:
 def test_wheel_carries_the_page(tmp_path: Path) -> None:
     """An installed server finds its page without the source tree."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+
     subprocess.run(
         [*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
          str(tmp_path / "dist"), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("callbridge-*.whl")
+
     target = tmp_path / "site"
     subprocess.run(
         [*pip, "install", "-q", "--no-deps", "--no-compile", "--target",
          str(target), str(wheel)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
+
     # -S skips site-packages and with it the editable install of the source
     # tree; the dependencies come from this environment's site-packages.
     dependencies = sysconfig.get_paths()["purelib"]
@@ -918,6 +921,7 @@ def test_wheel_carries_the_page(tmp_path: Path) -> None:
         check=True,
     )
     public = Path(result.stdout.strip())
+
     assert public == target / "server" / "public"
     assert (public / "index.html").is_file()
     assert (public / "js" / "main.js").is_file()

@@ -259,7 +259,7 @@ async def test_unreachable_turn_server_is_logged(
     clients: list[SignalingClient],
     server_log: list[logging.LogRecord],
 ) -> None:
-    """Media still connects directly, and the log says why answers are slow."""
+    """Media still connects directly, and the log explains the slow answers."""
     assert_loopback_only()
     server = await start_server(
         TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",

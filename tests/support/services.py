@@ -176,7 +176,7 @@ class TurnServer(_Process):
         transport.close()
 
     async def _answers_binding(self) -> bool:
-        """Send one STUN binding request and report whether it was answered."""
+        """Send one STUN binding request and return whether a response came."""
         loop = asyncio.get_running_loop()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.setblocking(False)
