@@ -36,8 +36,9 @@ TRANSLATED_CAPACITY_S = 20.0
 # stream never pauses, and each late delta would delay the rest of the call by
 # the gap it left. The gaps are counted (up to MAX_GAP_DEBT_S) and later taken
 # back from all-zero frames, at most MAX_SILENT_FRAMES_SKIPPED extra frames per
-# frame sent. Speech and the content's own pauses are never skipped. A stream
-# that stays empty for STREAM_PAUSE_FRAMES has paused, and its debt is void.
+# frame sent. Speech is never skipped; a pause inside a phrase is shortened
+# only where it is digital silence. A stream that stays empty for
+# STREAM_PAUSE_FRAMES has paused, and its debt is void.
 MAX_GAP_DEBT_S = 1.0
 MAX_SILENT_FRAMES_SKIPPED = 4
 STREAM_PAUSE_FRAMES = 10

@@ -25,10 +25,12 @@ from tests.support.peer import (
 )
 from tests.support.speech import (
     MATCH_CORRELATION,
+    MATCHED_SHARE,
     SAMPLE_RATE,
     Samples,
     SpeechSample,
     best_alignment,
+    heard_share,
     load_audio,
     resample,
     speech_duration_s,
@@ -141,6 +143,54 @@ def test_best_alignment_separates_languages() -> None:
 
     assert english_in_russian < MATCH_CORRELATION / 2
     assert russian_in_english < MATCH_CORRELATION / 2
+
+
+def _with_gaps(sent: Samples, gaps: list[tuple[float, float]]) -> Samples:
+    """Return sent after 0.5 s of silence, with (at_s, length_s) of it changed.
+
+    A positive length inserts that much silence at at_s, and a negative one
+    cuts that much of sent from at_s on.
+    """
+    pieces = [np.zeros(SAMPLE_RATE // 2, dtype=np.int16)]
+    position = 0
+    for at_s, length_s in gaps:
+        at = int(at_s * SAMPLE_RATE)
+        length = int(length_s * SAMPLE_RATE)
+        pieces.append(sent[position:at])
+        if length > 0:
+            pieces.append(np.zeros(length, dtype=np.int16))
+            position = at
+        else:
+            position = at - length
+    pieces.append(sent[position:])
+    return np.concatenate(pieces)
+
+
+def test_heard_share_frame_shift() -> None:
+    # What a playout queue does under load: 20 ms of silence after a late
+    # chunk, then 20 ms taken back a second later.
+    sent = speech_sample("en").samples
+    received = _with_gaps(sent, [(1.0, 0.02), (2.0, -0.02)])
+
+    _, peak = best_alignment(sent, received, SAMPLE_RATE)
+    lag_s, share = heard_share(sent, received, SAMPLE_RATE)
+
+    assert peak < 0.8
+    assert lag_s in (pytest.approx(0.5), pytest.approx(0.52))
+    assert share >= MATCHED_SHARE
+
+
+def test_heard_share_long_gap_and_other_speech() -> None:
+    english = speech_sample("en").samples
+    russian = speech_sample("ru").samples
+
+    _, with_gap = heard_share(english, _with_gaps(english, [(1.0, 0.3)]), SAMPLE_RATE)
+    _, half = heard_share(english, english[len(english) // 2 :], SAMPLE_RATE)
+    _, other = heard_share(english, russian, SAMPLE_RATE)
+
+    assert with_gap < MATCHED_SHARE
+    assert half < MATCHED_SHARE
+    assert other < 0.2
 
 
 async def test_file_track_frames_and_pacing() -> None:
