@@ -12,6 +12,8 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +26,7 @@ from media.peer import CLOSE_WAIT_S
 from server.config import TURN_QUEUE_ALLOWANCE_S, Settings
 from signaling.ice import IceServers, turn_credentials
 from tests.conftest import RunningServer, ServerFactory
+from tests.support.certs import write_certificate
 from tests.support.netns import assert_loopback_only
 from tests.support.peer import ClientPeer, SignalingClient, join_and_connect
 from tests.support.services import TurnServer, free_udp_port
@@ -224,6 +227,72 @@ async def test_server_peer_uses_turn_relay(
     assert turn["state"] == "configured"
     assert turn["urls"] == [turn_server.url]
     assert turn["last_gathering"] == "relay"
+
+
+@pytest.fixture
+async def tls_turn_server(tmp_path: Path) -> AsyncIterator[TurnServer]:
+    """A coturn server that also accepts TLS, with a certificate for 127.0.0.1."""
+    certificate = write_certificate(
+        tmp_path, common_name="127.0.0.1", prefix="turn", ip_address="127.0.0.1"
+    )
+    server = TurnServer(tmp_path, certificate=certificate)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["turn-tcp", "turns"])
+async def test_server_peer_relays_over_tcp(
+    scheme: str,
+    tls_turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's peer reaches the TURN server over TCP and over TLS."""
+    assert_loopback_only()
+    # aioice checks the certificate of a turns: server against the default
+    # CA store, which OpenSSL reads from SSL_CERT_FILE when it is set.
+    assert tls_turn_server.certificate is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_turn_server.certificate[0]))
+    url = tls_turn_server.tcp_url if scheme == "turn-tcp" else tls_turn_server.tls_url
+    server = await start_server(TURN_URLS=url, TURN_SECRET=tls_turn_server.secret)
+
+    joined, answer = await connect_media(server, clients)
+
+    relay_lines = [line for line in answer.splitlines() if "typ relay" in line]
+    assert relay_lines, answer
+    log = tls_turn_server.log()
+    # coturn logs "tcp or tls connected" for a stream client, and a cipher in
+    # the session line only for TLS.
+    assert "tcp or tls connected" in log
+    server_user = f":server-{joined['participant_id']}>"
+    sessions = [
+        line for line in log.splitlines() if server_user in line and ": new," in line
+    ]
+    assert sessions, log
+    assert all(("cipher=" in line) == (scheme == "turns") for line in sessions)
+    turn = (await get_status(server))["dependencies"]["turn"]
+    assert turn["last_gathering"] == "relay"
+
+
+async def test_untrusted_turns_certificate_gets_no_relay(
+    tls_turn_server: TurnServer,
+    start_server: ServerFactory,
+    clients: list[SignalingClient],
+) -> None:
+    """A turns: server whose certificate is not trusted is not used."""
+    assert_loopback_only()
+    server = await start_server(
+        TURN_URLS=tls_turn_server.tls_url, TURN_SECRET=tls_turn_server.secret
+    )
+
+    joined, answer = await connect_media(server, clients)
+
+    assert "typ relay" not in answer
+    assert f":server-{joined['participant_id']}>" not in tls_turn_server.log()
+    turn = (await get_status(server))["dependencies"]["turn"]
+    assert turn["last_gathering"] == "missing"
 
 
 async def test_close_does_not_wait_for_lost_turn_server(

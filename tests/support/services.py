@@ -107,7 +107,11 @@ class TurnServer(_Process):
 
     secret = "turn-test-secret-0123456789"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, *, certificate: tuple[Path, Path] | None = None
+    ) -> None:
+        """Listen for UDP and TCP on `port`, and for TLS on `tls_port` when
+        `certificate` (certificate file, key file) is given."""
         executable = shutil.which("turnserver")
         if executable is None:
             raise RuntimeError(
@@ -115,12 +119,26 @@ class TurnServer(_Process):
             )
         self._executable = executable
         self._folder = folder
+        self.certificate = certificate
         self.port = free_udp_port()
+        self.tls_port = free_port() if certificate else None
         self.log_file = folder / "turnserver.log"
 
     @property
     def url(self) -> str:
         return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    @property
+    def tcp_url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}?transport=tcp"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None:
+            raise RuntimeError(
+                "no turns: URL: this TURN server was started without a certificate"
+            )
+        return f"turns:127.0.0.1:{self.tls_port}?transport=tcp"
 
     def log(self) -> str:
         try:
@@ -129,6 +147,15 @@ class TurnServer(_Process):
             return ""
 
     async def start(self) -> None:
+        if self.certificate is None:
+            tls = ["--no-tls"]
+        else:
+            cert_file, key_file = self.certificate
+            tls = [
+                f"--tls-listening-port={self.tls_port}",
+                f"--cert={cert_file}",
+                f"--pkey={key_file}",
+            ]
         self._process = await asyncio.create_subprocess_exec(
             self._executable,
             "-n",
@@ -141,7 +168,7 @@ class TurnServer(_Process):
             "--allow-loopback-peers",
             "--fingerprint",
             "--no-cli",
-            "--no-tls",
+            *tls,
             "--no-dtls",
             f"--log-file={self.log_file}",
             "--simple-log",
