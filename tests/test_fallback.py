@@ -11,7 +11,12 @@ from openai import AsyncOpenAI
 
 from media.engines.base import SessionLabels, State, UpstreamFailure
 from media.engines.fallback import FallbackEngine, FallbackPolicy, FallbackSession
-from media.engines.pipeline import PipelineConfig, PipelineEngine
+from media.engines.pipeline import (
+    SPEECH_RATE,
+    PipelineConfig,
+    PipelineEngine,
+    PipelineSession,
+)
 from media.engines.realtime import RealtimeEngine
 from media.engines.upstream import RetryPolicy
 from media.vad import VAD_RATE
@@ -147,6 +152,68 @@ async def test_failed_probe_waits_for_next_try(
     # second probe, at least 0.5 s later, succeeded.
     assert session.fallbacks == 1
     assert len(fake_openai.sessions) == 1
+
+
+async def fall_back_with_utterance(
+    fake_openai: FakeOpenAI, client: AsyncOpenAI, policy: FallbackPolicy
+) -> tuple[FallbackSession, Recorder, PipelineSession]:
+    """Move a session to the pipeline and give it one utterance to translate."""
+    fake_openai.reject_connects(policy.connect_failures, 500)
+    session, recorder = await open_session(client, policy)
+    await fake_openai.wait_for(lambda: session.fallbacks == 1, timeout=TIMEOUT_S)
+    assert session.secondary is not None
+    pipeline = session.secondary.session
+    assert isinstance(pipeline, PipelineSession)
+    word = resample(short_word(VAD_RATE), VAD_RATE, session.input_rate)
+    session.push(silence(0.3, session.input_rate))
+    session.push(word)
+    session.push(silence(1.0, session.input_rate))
+    assert pipeline.busy
+    return session, recorder, pipeline
+
+
+async def test_switch_back_waits_for_speech_in_flight(
+    fake_openai: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    # Speech chunks 50 ms apart make the pipeline speak slower than real time,
+    # so the probe, tried 0.3 s after the move, is ready while it still works.
+    fake_openai.rest.speech_chunk_delay_s = 0.05
+    policy = FallbackPolicy(connect_failures=2, after_s=60, retry_primary_s=0.3)
+    session, recorder, pipeline = await fall_back_with_utterance(
+        fake_openai, client, policy
+    )
+    try:
+        await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
+        assert not pipeline.busy
+    finally:
+        await session.close()
+    assert pipeline.spoken_utterances == 1
+    assert pipeline.failed_utterances == 0
+    upload = fake_openai.rest.upload(1)
+    assert upload is not None
+    spoken = resample(upload.samples, upload.rate, SPEECH_RATE)
+    assert len(recorder.samples()) == len(spoken)
+    assert engines_named(recorder)[-1] == ("ready", None)
+
+
+async def test_switch_back_waits_at_most_handover_wait(
+    fake_openai: FakeOpenAI, client: AsyncOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_openai.rest.hang("speech")
+    policy = FallbackPolicy(
+        connect_failures=2, after_s=60, retry_primary_s=0.3, handover_wait_s=0.5
+    )
+    session, recorder, pipeline = await fall_back_with_utterance(
+        fake_openai, client, policy
+    )
+    try:
+        await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
+        assert pipeline.busy
+    finally:
+        await session.close()
+    assert pipeline.spoken_utterances == 0
+    assert recorder.samples().size == 0
+    assert "its speech in flight is dropped" in caplog.text
 
 
 class TimedStates(Recorder):

@@ -84,6 +84,15 @@ class EngineSession(abc.ABC):
     async def close(self) -> None:
         """Close the upstream connection and wait for its tasks to end."""
 
+    @property
+    def busy(self) -> bool:
+        """Whether speech heard so far is still being translated or spoken.
+
+        A session that streams without utterances has no such state and
+        returns False.
+        """
+        return False
+
 
 class Engine(abc.ABC):
     """A factory of sessions, one per direction of a call."""

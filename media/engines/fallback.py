@@ -7,7 +7,8 @@ moves at once on a failure that no retry fixes, such as an invalid key, an
 exhausted quota, or a model this key may not use. While on the secondary, it
 opens a probe session of the primary every `retry_primary_s`. The first probe
 that becomes ready takes over again, and a probe that fails is closed until
-the next one.
+the next one. The probe takes over once the secondary has finished the speech
+in flight (at most `handover_wait_s` later), so no utterance is cut off.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 # Input kept for a secondary session that opens now, so the utterance in
 # progress when the primary gave up is translated from its start.
 HISTORY_S = 2.0
+# How often a pending hand-over checks whether the secondary has finished.
+HANDOVER_POLL_S = 0.1
 
 Role = Literal["primary", "secondary", "probe"]
 
@@ -47,6 +50,7 @@ class FallbackPolicy:
     connect_failures: int = 3
     after_s: float = 10.0
     retry_primary_s: float = 60.0
+    handover_wait_s: float = 15.0
 
 
 class FallbackEngine(Engine):
@@ -166,6 +170,7 @@ class FallbackSession(EngineSession):
         self._deadline: asyncio.TimerHandle | None = None
         self._probe_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handover: asyncio.Task[None] | None = None
         self._closing = False
         self._history: deque[Pcm] = deque()
         self._history_samples = 0
@@ -295,12 +300,48 @@ class FallbackSession(EngineSession):
         self._schedule_probe()
 
     def _promote_probe(self) -> None:
+        if self._handover is not None:
+            return
+        probe, secondary = self.probe, self.secondary
+        assert probe is not None
+        if secondary is not None and secondary.session.busy:
+            logger.info(
+                "the %s engine works again; moving back when the %s engine has "
+                "finished the speech in flight",
+                probe.engine.name,
+                secondary.engine.name,
+            )
+            self._handover = self._spawn(self._hand_over(probe), "hand-over")
+            return
+        logger.info("the %s engine works again; moving back", probe.engine.name)
+        self._switch_to_probe()
+
+    async def _hand_over(self, probe: _Child) -> None:
+        """Wait until the secondary is idle, then switch to `probe`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.handover_wait_s
+        try:
+            while self.secondary is not None and self.secondary.session.busy:
+                if loop.time() >= deadline:
+                    logger.warning(
+                        "the %s engine is still busy after %.0f s; its speech in "
+                        "flight is dropped",
+                        self.secondary.engine.name,
+                        self.policy.handover_wait_s,
+                    )
+                    break
+                await asyncio.sleep(HANDOVER_POLL_S)
+                if self.probe is not probe:
+                    # The probe failed meanwhile, and a later one will try again.
+                    return
+        finally:
+            self._handover = None
+        self._switch_to_probe()
+
+    def _switch_to_probe(self) -> None:
         probe, secondary = self.probe, self.secondary
         assert probe is not None
         self.recoveries += 1
-        logger.info("the %s engine works again; moving back", probe.engine.name)
-        # NOTE: an utterance that the secondary engine is still translating
-        # is dropped here, because its session closes at once.
         self.primary, self.probe, self.secondary = probe, None, None
         self._failures_in_row = 0
         if secondary is not None:
@@ -336,10 +377,13 @@ class FallbackSession(EngineSession):
         engine = self.engine.secondary if role == "secondary" else self.engine.primary
         return _Child(owner=self, role=role, engine=engine, input_rate=self.input_rate)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(
+        self, coroutine: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine, name=f"fallback-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

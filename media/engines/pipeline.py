@@ -148,6 +148,8 @@ class PipelineSession(EngineSession):
         self._state: State | None = None
         self._closing = False
         self._next_number = 1
+        # Jobs that a worker has taken from its queue and not finished.
+        self._working = 0
         self.utterances = 0
         self.dropped_utterances = 0
         self.failed_utterances = 0
@@ -193,11 +195,21 @@ class PipelineSession(EngineSession):
             self._detector.rejected,
         )
 
+    @property
+    def busy(self) -> bool:
+        return (
+            self._detector.in_speech
+            or self._working > 0
+            or not self._jobs.empty()
+            or not self._speech.empty()
+        )
+
     # Text worker: transcription and translation.
 
     async def _text_worker(self) -> None:
         while True:
             job = await self._jobs.get()
+            self._working += 1
             try:
                 await self._process_text(job)
             except UpstreamError as exc:
@@ -205,6 +217,8 @@ class PipelineSession(EngineSession):
             except Exception:
                 logger.exception("utterance %d failed unexpectedly", job.number)
                 self.failed_utterances += 1
+            finally:
+                self._working -= 1
 
     async def _process_text(self, job: _Job) -> None:
         original = await self._transcribe(job.utterance)
@@ -267,6 +281,7 @@ class PipelineSession(EngineSession):
     async def _speech_worker(self) -> None:
         while True:
             job, text = await self._speech.get()
+            self._working += 1
             try:
                 await self._speak(job, text)
             except UpstreamError as exc:
@@ -274,6 +289,8 @@ class PipelineSession(EngineSession):
             except Exception:
                 logger.exception("speech of utterance %d failed", job.number)
                 self.failed_utterances += 1
+            finally:
+                self._working -= 1
 
     async def _speak(self, job: _Job, text: str) -> None:
         model = self._config.tts_model
