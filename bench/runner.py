@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,19 @@ FAKE_CALIBRATION_MARKERS = 6
 QUIET_BUSY_PERCENT = 30.0
 QUIET_WAIT_S = 60.0
 QUIET_PROBE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every phase of a run shares: its arguments, speech plans, step
+    options, the fake OpenAI and the run's folder."""
+
+    args: argparse.Namespace
+    plans: Plans
+    options: StepOptions
+    fake: services.Service
+    fake_url: str
+    workdir: Path
 
 
 async def start_target(
@@ -96,21 +110,21 @@ async def wait_for_quiet_cores(args: argparse.Namespace) -> list[float]:
 
 
 async def measured_step(
+    bench: Bench,
     kind: Kind,
     calls: int,
     *,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake: services.Service,
-    fake_url: str,
     workdir: Path,
+    options: StepOptions | None = None,
     during_window: Callable[[services.Service], Awaitable[Any]] | None = None,
 ) -> StepResult:
-    background = await wait_for_quiet_cores(args)
-    target = await start_target(kind, args, fake_url, workdir)
+    """Run one step against a fresh target in `workdir`, with bench.options
+    unless `options` is given."""
+    options = options or bench.options
+    background = await wait_for_quiet_cores(bench.args)
+    target = await start_target(kind, bench.args, bench.fake_url, workdir)
     try:
-        await warm_up(target, kind, plans, options)
+        await warm_up(target, kind, bench.plans, options)
         await asyncio.sleep(1.0)
 
         async def hook() -> Any:
@@ -121,9 +135,9 @@ async def measured_step(
             target,
             kind,
             calls,
-            plans=plans,
+            plans=bench.plans,
             options=options,
-            fake_pid=fake.pid if kind != "baseline" else None,
+            fake_pid=bench.fake.pid if kind != "baseline" else None,
             during_window=hook if during_window else None,
         )
     finally:
@@ -162,28 +176,12 @@ def note_disturbances(report: RunReport, step: StepResult) -> None:
 
 
 async def run_and_record(
-    report: RunReport,
-    kind: Kind,
-    calls: int,
-    *,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake: services.Service,
-    fake_url: str,
-    workdir: Path,
+    bench: Bench, report: RunReport, kind: Kind, calls: int
 ) -> StepResult:
     """Run one step, add it to the report and mark it if something saturated."""
     progress.report(f"{KIND_TITLES[kind]}, {calls} calls")
     step = await measured_step(
-        kind,
-        calls,
-        args=args,
-        plans=plans,
-        options=options,
-        fake=fake,
-        fake_url=fake_url,
-        workdir=workdir / f"{kind}-{calls}",
+        bench, kind, calls, workdir=bench.workdir / f"{kind}-{calls}"
     )
     step.saturated = saturation(step)
     report.steps.append(step)
@@ -194,47 +192,21 @@ async def run_and_record(
     return step
 
 
-async def sweep(
-    report: RunReport,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake: services.Service,
-    fake_url: str,
-    workdir: Path,
-) -> None:
-    for calls in args.calls:
-        for kind in args.kinds:
+async def sweep(bench: Bench, report: RunReport) -> None:
+    for calls in bench.args.calls:
+        for kind in bench.args.kinds:
             if kind in report.stopped:
                 continue
-            step = await run_and_record(
-                report,
-                kind,
-                calls,
-                args=args,
-                plans=plans,
-                options=options,
-                fake=fake,
-                fake_url=fake_url,
-                workdir=workdir,
-            )
+            step = await run_and_record(bench, report, kind, calls)
             if step.saturated is not None:
                 report.stopped[kind] = f"saturated at {calls} calls ({step.saturated})"
                 progress.report(f"  stopping this kind: {step.saturated}")
 
 
-async def refine(
-    report: RunReport,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake: services.Service,
-    fake_url: str,
-    workdir: Path,
-) -> None:
+async def refine(bench: Bench, report: RunReport) -> None:
     """Bisect, per kind, between the largest usable N and the next one measured."""
-    for kind in args.kinds:
-        for _ in range(args.refine_steps):
+    for kind in bench.args.kinds:
+        for _ in range(bench.args.refine_steps):
             steps = [step for step in report.steps if step.kind == kind]
             usable = [step.calls for step in steps if step.usable]
             if not usable:
@@ -246,28 +218,11 @@ async def refine(
             middle = (low + min(above)) // 2
             if middle == low:
                 break
-            await run_and_record(
-                report,
-                kind,
-                middle,
-                args=args,
-                plans=plans,
-                options=options,
-                fake=fake,
-                fake_url=fake_url,
-                workdir=workdir,
-            )
+            await run_and_record(bench, report, kind, middle)
 
 
-async def profile_server(
-    report: RunReport,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake: services.Service,
-    fake_url: str,
-    workdir: Path,
-) -> None:
+async def profile_server(bench: Bench, report: RunReport) -> None:
+    args = bench.args
     raw_dir = args.results_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     for kind in args.kinds:
@@ -281,19 +236,14 @@ async def profile_server(
             await record(target.pid, args.profile_s, output)
 
         step = await measured_step(
+            bench,
             kind,
             args.profile_calls,
-            args=args,
-            plans=plans,
-            options=StepOptions(
-                **{
-                    **options.__dict__,
-                    "duration_s": max(options.duration_s, args.profile_s + 5),
-                }
+            workdir=bench.workdir / f"profile-{kind}",
+            options=replace(
+                bench.options,
+                duration_s=max(bench.options.duration_s, args.profile_s + 5),
             ),
-            fake=fake,
-            fake_url=fake_url,
-            workdir=workdir / f"profile-{kind}",
             during_window=sample,
         )
         title = (
@@ -303,25 +253,20 @@ async def profile_server(
         report.profiles.append(format_summary(title, summarize(output)))
 
 
-async def soak(
-    report: RunReport,
-    args: argparse.Namespace,
-    plans: Plans,
-    options: StepOptions,
-    fake_url: str,
-    workdir: Path,
-) -> None:
+async def soak(bench: Bench, report: RunReport) -> None:
+    args = bench.args
+    folder = bench.workdir / "soak"
     progress.report(
         f"soak: up to {args.soak_calls} calls within {args.soak_budget_s:.0f} s"
     )
     await wait_for_quiet_cores(args)
-    target = await start_target("translated", args, fake_url, workdir / "soak")
+    target = await start_target("translated", args, bench.fake_url, folder)
     try:
-        await warm_up(target, "translated", plans, options)
+        await warm_up(target, "translated", bench.plans, bench.options)
         result = await run_soak(
             target,
-            plans=plans,
-            step_options=options,
+            plans=bench.plans,
+            step_options=bench.options,
             options=SoakOptions(
                 calls=args.soak_calls,
                 lanes=args.soak_lanes,
@@ -332,9 +277,7 @@ async def soak(
     finally:
         await services.stop(target)
     report.soak = result.to_json()
-    report.soak["log_problems"] = services.count_log_problems(
-        workdir / "soak" / "server.log"
-    )
+    report.soak["log_problems"] = services.count_log_problems(folder / "server.log")
     progress.report(
         f"  soak done: {result.calls_done} calls, RSS {result.before['rss_mb']:.1f} "
         f"→ {result.after['rss_mb']:.1f} MB, fds {result.before['fds']:.0f} → "
@@ -378,11 +321,12 @@ async def run(args: argparse.Namespace, report: RunReport, workdir: Path) -> Non
             f"  fake hold: median {report.fake_hold_median_ms:.1f} ms "
             f"over {len(holds)} markers"
         )
-        await sweep(report, args, plans, options, fake, fake_url, workdir)
-        await refine(report, args, plans, options, fake, fake_url, workdir)
+        bench = Bench(args, plans, options, fake, fake_url, workdir)
+        await sweep(bench, report)
+        await refine(bench, report)
         if args.profile_calls:
-            await profile_server(report, args, plans, options, fake, fake_url, workdir)
+            await profile_server(bench, report)
         if args.soak_calls:
-            await soak(report, args, plans, options, fake_url, workdir)
+            await soak(bench, report)
     finally:
         await services.stop(fake)
