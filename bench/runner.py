@@ -38,8 +38,8 @@ QUIET_PROBE_S = 2.0
 
 @dataclass(frozen=True)
 class Bench:
-    """What every phase of a run shares: its arguments, speech plans, step
-    options, the fake OpenAI and the run's folder."""
+    """The state that every phase of a run shares: its arguments, speech
+    plans, step options, the fake OpenAI and the run's folder."""
 
     args: argparse.Namespace
     plans: Plans
