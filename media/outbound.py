@@ -42,6 +42,12 @@ TRANSLATED_CAPACITY_S = 20.0
 MAX_GAP_DEBT_S = 1.0
 MAX_SILENT_FRAMES_SKIPPED = 4
 STREAM_PAUSE_FRAMES = 10
+# Part of the debt is kept as headroom against the next late delta, as a
+# jitter buffer adapts its delay. After a run of short frames the headroom
+# grows to the debt, up to MAX_HEADROOM_S. Each HEADROOM_DECAY_FRAMES without
+# a gap it shrinks by one frame, and that frame is then taken back.
+MAX_HEADROOM_S = 0.2
+HEADROOM_DECAY_FRAMES = 500
 # The original voice is live. Its queue absorbs bursts from the inbound
 # jitter buffer up to ORIGINAL_CAPACITY_S, but a backlog above
 # ORIGINAL_TARGET_S that lasts ORIGINAL_TRIM_AFTER_FRAMES pulls is cut back,
@@ -139,7 +145,12 @@ class ListenerMixer:
         self.frames_pulled = 0
         self.translated_underruns = 0
         self.silent_frames_skipped = 0
+        # Samples of gap debt that are kept, not taken back.
+        self.headroom = 0
         self._gap_debt = 0
+        # Whether the last frames pulled were short, a run of gaps.
+        self._in_gap_run = False
+        self._pulls_without_gap = 0
         self._empty_pulls = 0
         self._original_backlog_frames = 0
 
@@ -159,9 +170,11 @@ class ListenerMixer:
             self.original.clear()
 
     def reset(self) -> None:
-        """Forget queued audio, for a new media connection."""
+        """Forget queued audio and gaps, for a new media connection."""
         self.translated.clear()
         self.original.clear()
+        self.headroom = self._gap_debt = 0
+        self._in_gap_run = False
 
     def pull_frame(self) -> Pcm:
         self.frames_pulled += 1
@@ -182,7 +195,7 @@ class ListenerMixer:
         skipped = 0
         while (
             skipped < MAX_SILENT_FRAMES_SKIPPED
-            and self._gap_debt >= SAMPLES_PER_FRAME
+            and self._gap_debt - self.headroom >= SAMPLES_PER_FRAME
             and len(self.translated) >= SAMPLES_PER_FRAME
             and not frame.any()
         ):
@@ -195,16 +208,37 @@ class ListenerMixer:
     def _count_gap(self, real: int) -> None:
         if real == SAMPLES_PER_FRAME:
             self._empty_pulls = 0
+            self._end_gap_run()
+            self._decay_headroom()
             return
         self.translated_underruns += 1
         self._empty_pulls = self._empty_pulls + 1 if real == 0 else 0
         if self._empty_pulls >= STREAM_PAUSE_FRAMES:
             self._gap_debt = 0
+            self._in_gap_run = False
+            self._decay_headroom()
             return
+        self._pulls_without_gap = 0
+        self._in_gap_run = True
         self._gap_debt = min(
             self._gap_debt + SAMPLES_PER_FRAME - real,
             int(MAX_GAP_DEBT_S * OUTPUT_RATE),
         )
+
+    def _end_gap_run(self) -> None:
+        """Grow the headroom to the debt after a run of short frames, in frames."""
+        if not self._in_gap_run:
+            return
+        frames = -(-self._gap_debt // SAMPLES_PER_FRAME)
+        limit = int(MAX_HEADROOM_S * OUTPUT_RATE)
+        self.headroom = min(max(self.headroom, frames * SAMPLES_PER_FRAME), limit)
+        self._in_gap_run = False
+
+    def _decay_headroom(self) -> None:
+        self._pulls_without_gap += 1
+        if self._pulls_without_gap >= HEADROOM_DECAY_FRAMES and self.headroom > 0:
+            self.headroom = max(0, self.headroom - SAMPLES_PER_FRAME)
+            self._pulls_without_gap = 0
 
     def _limit_original_backlog(self) -> None:
         target = int(ORIGINAL_TARGET_S * OUTPUT_RATE)

@@ -10,6 +10,8 @@ import numpy as np
 
 from media.audio import OUTPUT_RATE, SAMPLES_PER_FRAME, TIME_BASE
 from media.outbound import (
+    HEADROOM_DECAY_FRAMES,
+    MAX_HEADROOM_S,
     ORIGINAL_CAPACITY_S,
     ORIGINAL_TARGET_S,
     ORIGINAL_TRIM_AFTER_FRAMES,
@@ -118,22 +120,109 @@ def frames_until_sound(mixer: ListenerMixer, limit: int) -> int:
     return limit + 1
 
 
-def test_mixer_recovers_gap_from_silence() -> None:
-    """A late delta's gap is taken back from the zeros that follow it."""
-    mixer = ListenerMixer()
-    mixer.set_original_mode("off")
+def make_late_gap(mixer: ListenerMixer) -> None:
+    """Play 100 ms of tone, then leave two frames empty as a late delta does."""
     mixer.push_translated(tone(0.1))
     assert frames_until_sound(mixer, 1) == 1
     for _ in range(4):
         mixer.pull_frame()
-    # Two frames go out empty: the stream is now 40 ms behind.
     assert not mixer.pull_frame().any()
     assert not mixer.pull_frame().any()
+
+
+def test_mixer_keeps_gap_as_headroom() -> None:
+    """A late delta's gap stays as headroom against the next late one."""
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    make_late_gap(mixer)
     mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
     mixer.push_translated(tone(0.2))
-    # The 10 frames of zeros play as 8: the 2 late frames are taken back.
-    assert frames_until_sound(mixer, 12) == 9
+    # The 10 frames of zeros all play: the stream stays 40 ms behind.
+    assert frames_until_sound(mixer, 12) == 11
+    assert mixer.silent_frames_skipped == 0
+    assert mixer.headroom == 2 * SAMPLES_PER_FRAME
+
+
+def test_mixer_takes_headroom_back_from_silence() -> None:
+    """Without further gaps the headroom shrinks, and zeros pay it back."""
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    make_late_gap(mixer)
+    # A stream of zeros at real time: one frame ahead of the clock, plus the
+    # two frames that came late.
+    zero_frame = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+    for _ in range(3):
+        mixer.push_translated(zero_frame)
+    for _ in range(HEADROOM_DECAY_FRAMES - 1):
+        mixer.push_translated(zero_frame)
+        mixer.pull_frame()
+    assert mixer.headroom == 2 * SAMPLES_PER_FRAME
+    assert mixer.silent_frames_skipped == 0
+    for _ in range(HEADROOM_DECAY_FRAMES + 5):
+        mixer.push_translated(zero_frame)
+        mixer.pull_frame()
+    assert mixer.headroom == 0
     assert mixer.silent_frames_skipped == 2
+
+
+def live_gaps(jitter_frames: int, seconds: int = 60) -> tuple[int, ListenerMixer]:
+    """Play phrases of tone and zeros that arrive as 200 ms chunks.
+
+    Each chunk comes up to `jitter_frames` late at random. Returns how many
+    frames went out short, and the mixer.
+    """
+    rng = np.random.default_rng(7)
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    chunk_frames = 10
+    chunks = [
+        tone(0.2) if number % 7 < 5 else np.zeros(OUTPUT_RATE // 5, dtype=np.int16)
+        for number in range(seconds * 5)
+    ]
+    arrivals = [
+        number * chunk_frames + int(rng.integers(0, jitter_frames + 1))
+        for number in range(len(chunks))
+    ]
+    pushed = 0
+    for tick in range(len(chunks) * chunk_frames):
+        while pushed < len(chunks) and arrivals[pushed] <= tick:
+            mixer.push_translated(chunks[pushed])
+            pushed += 1
+        mixer.pull_frame()
+    return mixer.translated_underruns, mixer
+
+
+def test_mixer_absorbs_jittery_deltas() -> None:
+    # Up to 60 ms late: without headroom 179 of the 3,000 frames in this
+    # minute went out short. With it, only the first chunks and the probes
+    # after each decay leave a gap.
+    gaps, mixer = live_gaps(jitter_frames=3)
+    assert gaps <= 8
+    assert mixer.headroom == 3 * SAMPLES_PER_FRAME
+
+
+def starve(mixer: ListenerMixer, frames: int) -> None:
+    """Play 100 ms of tone, then `frames` empty frames, fewer than a pause."""
+    mixer.push_translated(tone(0.1))
+    for _ in range(5):
+        assert mixer.pull_frame().any()
+    for _ in range(frames):
+        assert not mixer.pull_frame().any()
+
+
+def test_mixer_headroom_is_capped() -> None:
+    mixer = ListenerMixer()
+    mixer.set_original_mode("off")
+    cap = int(MAX_HEADROOM_S * OUTPUT_RATE)
+    starve(mixer, 8)
+    starve(mixer, 8)
+    assert cap < 16 * SAMPLES_PER_FRAME
+    mixer.push_translated(np.zeros(OUTPUT_RATE, dtype=np.int16))
+    mixer.push_translated(tone(0.2))
+    # 50 frames of zeros: the debt above the cap, 6 frames, is taken back.
+    assert frames_until_sound(mixer, 60) == 50 - 6 + 1
+    assert mixer.headroom == cap
+    assert mixer.silent_frames_skipped == 16 - cap // SAMPLES_PER_FRAME
 
 
 def test_mixer_keeps_pauses_without_gaps() -> None:
