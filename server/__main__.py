@@ -21,7 +21,12 @@ from server.config import (
     unknown_names,
 )
 from server.logs import configure_logging
-from server.tls import make_self_signed, server_context, validity_warning
+from server.tls import (
+    make_self_signed,
+    reload_certificate,
+    server_context,
+    validity_warning,
+)
 
 logger = logging.getLogger("server")
 
@@ -118,6 +123,31 @@ def tls_context(settings: Settings, folder: Path) -> ssl.SSLContext | None:
     return server_context(certificate.cert_file, certificate.key_file)
 
 
+def reload_tls(settings: Settings, context: ssl.SSLContext | None) -> None:
+    """Load TLS_CERT_FILE and TLS_KEY_FILE again, on SIGHUP after a renewal."""
+    cert_file, key_file = settings.tls_cert_file, settings.tls_key_file
+    if context is None or cert_file is None or key_file is None:
+        logger.info("SIGHUP: no TLS_CERT_FILE to reload")
+        return
+    try:
+        fingerprint = reload_certificate(context, cert_file, key_file)
+    except (SettingsError, OSError, ValueError) as exc:
+        logger.error(
+            "SIGHUP: TLS certificate not reloaded, so the previous one stays in "
+            "use: %s. Fix the files and send SIGHUP again.",
+            exc,
+        )
+        return
+    logger.info(
+        "SIGHUP: TLS certificate reloaded from %s, SHA-256 fingerprint %s",
+        cert_file,
+        fingerprint,
+    )
+    warning = validity_warning(cert_file)
+    if warning is not None:
+        logger.warning("%s", warning)
+
+
 async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain calls and stop."""
     app = create_app(settings)
@@ -127,6 +157,7 @@ async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, settings, ssl_context)
     try:
         site = Site(
             runner,

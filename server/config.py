@@ -335,8 +335,8 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting(
         "TURN_TTL_S",
         "",
-        "lifetime of those credentials; unset: 3600 plus MAX_CALL_S plus "
-        "RESUME_GRACE_S",
+        "lifetime of those credentials in seconds, 5 to 2592000 (30 days); "
+        "unset: 3600 plus MAX_CALL_S plus RESUME_GRACE_S",
         "seconds",
     ),
     Setting("TLS_CERT_FILE", "", "PEM certificate (chain) for HTTPS and wss://"),
@@ -460,7 +460,7 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting(
         "VAD_MIN_SPEECH_MS",
         "60",
-        "speech an utterance needs to be sent, so clicks are not",
+        "speech an utterance needs to be sent, so that a click is not sent",
         "milliseconds",
     ),
     Setting(

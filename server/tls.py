@@ -59,6 +59,20 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return context
 
 
+def reload_certificate(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> str:
+    """Load renewed certificate files into a running server's context.
+
+    New connections get the new certificate, and open ones keep theirs. The
+    files are checked in a fresh context first, so a broken pair raises
+    SettingsError and leaves the old certificate in place. Returns the new
+    certificate's SHA-256 fingerprint.
+    """
+    server_context(cert_file, key_file)
+    context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    cert = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
 class _EncryptedKey(Exception):
     """The key file needs a passphrase."""
 

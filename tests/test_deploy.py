@@ -737,6 +737,12 @@ def test_nginx_conf_passes_nginx_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_nginx_conf_does_not_pass_metrics() -> None:
+    # Each node's metrics describe that node only, and are not for the public.
+    text = NGINX_CONF.read_text()
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", text)
+
+
 # The HEALTHCHECK against a real server
 
 

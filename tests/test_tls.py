@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -157,6 +158,51 @@ async def test_self_signed_certificate_is_announced(
         url = f"https://127.0.0.1:{server.port}/api/health"
         async with session.get(url, ssl=trust) as response:
             assert response.status == 200
+
+
+async def served_fingerprint(port: int) -> str:
+    """Return the SHA-256 of the certificate that a new connection gets."""
+    pem = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def file_fingerprint(cert: Path) -> str:
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    return hashlib.sha256(der).hexdigest()
+
+
+async def wait_for_log(server: ServerProcess, text: str) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            if text in server.log:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_sighup_reloads_renewed_certificate(
+    start_process: StartProcess, tmp_path: Path
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    server = await start_process(TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
+    assert await served_fingerprint(server.port) == file_fingerprint(cert)
+
+    # A renewal writes a new pair over the same paths.
+    renewed_cert, renewed_key = make_certificate(tmp_path, "renewed")
+    shutil.copyfile(renewed_cert, cert)
+    shutil.copyfile(renewed_key, key)
+    assert await served_fingerprint(server.port) != file_fingerprint(cert)
+    server.process.send_signal(signal.SIGHUP)
+    await wait_for_log(server, "TLS certificate reloaded")
+    assert await served_fingerprint(server.port) == file_fingerprint(renewed_cert)
+
+    # A key that does not match is rejected, and the served one stays.
+    other_cert, _ = make_certificate(tmp_path, "other")
+    shutil.copyfile(other_cert, cert)
+    server.process.send_signal(signal.SIGHUP)
+    await wait_for_log(server, "TLS certificate not reloaded")
+    assert "is not the private key of" in server.log
+    assert server.process.returncode is None
+    assert await served_fingerprint(server.port) == file_fingerprint(renewed_cert)
 
 
 def run_server(tmp_path: Path, *args: str, **settings: str) -> tuple[int, str]:
