@@ -184,7 +184,6 @@ async def test_switch_back_waits_for_speech_in_flight(
     )
     try:
         await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
-        assert not pipeline.busy
     finally:
         await session.close()
     assert pipeline.spoken_utterances == 1
@@ -208,7 +207,6 @@ async def test_switch_back_waits_at_most_handover_wait(
     )
     try:
         await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
-        assert pipeline.busy
     finally:
         await session.close()
     assert pipeline.spoken_utterances == 0
