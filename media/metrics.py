@@ -58,6 +58,11 @@ frames_late = Counter(
     f"{PREFIX}_audio_frames_late_total",
     "Outbound frames sent more than 200 ms after their time",
 )
+translated_gaps = Counter(
+    f"{PREFIX}_translated_gap_frames_total",
+    "Outbound frames that translated speech left short or empty because it "
+    "came late (pauses of the stream excluded)",
+)
 input_dropped = Counter(
     f"{PREFIX}_input_chunks_dropped_total",
     "Speaker audio chunks dropped because no upstream session could take them",

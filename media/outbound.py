@@ -44,8 +44,9 @@ MAX_SILENT_FRAMES_SKIPPED = 4
 STREAM_PAUSE_FRAMES = 10
 # Part of the debt is kept as headroom against the next late delta, as a
 # jitter buffer adapts its delay. After a run of short frames the headroom
-# grows to the debt, up to MAX_HEADROOM_S. Each HEADROOM_DECAY_FRAMES without
-# a gap it shrinks by one frame, and that frame is then taken back.
+# grows to the debt, up to the mixer's maximum (PLAYOUT_HEADROOM_MS, by default
+# MAX_HEADROOM_S). Each HEADROOM_DECAY_FRAMES without a gap it shrinks by one
+# frame, and that frame is then taken back.
 MAX_HEADROOM_S = 0.2
 HEADROOM_DECAY_FRAMES = 500
 # The original voice is live. Its queue absorbs bursts from the inbound
@@ -138,18 +139,22 @@ class ListenerMixer:
     translation when the listener asked to hear it, and 0 otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_headroom_s: float = MAX_HEADROOM_S) -> None:
         self.translated = SampleQueue(int(TRANSLATED_CAPACITY_S * OUTPUT_RATE))
+        self.max_headroom = int(max_headroom_s * OUTPUT_RATE)
         self.original = SampleQueue(int(ORIGINAL_CAPACITY_S * OUTPUT_RATE))
         self.original_mode = "full"  # "full", "ducked" or "off"
         self.frames_pulled = 0
+        # Short frames, pauses of the stream included.
         self.translated_underruns = 0
+        # Short frames in runs that the stream ended, so without its pauses.
+        self.gap_frames = 0
         self.silent_frames_skipped = 0
         # Samples of gap debt that are kept, not taken back.
         self.headroom = 0
         self._gap_debt = 0
-        # Whether the last frames pulled were short, a run of gaps.
-        self._in_gap_run = False
+        # Short frames pulled in a row, the current run of gaps.
+        self._gap_run_frames = 0
         self._pulls_without_gap = 0
         self._empty_pulls = 0
         self._original_backlog_frames = 0
@@ -173,8 +178,7 @@ class ListenerMixer:
         """Forget queued audio and gaps, for a new media connection."""
         self.translated.clear()
         self.original.clear()
-        self.headroom = self._gap_debt = 0
-        self._in_gap_run = False
+        self.headroom = self._gap_debt = self._gap_run_frames = 0
 
     def pull_frame(self) -> Pcm:
         self.frames_pulled += 1
@@ -214,25 +218,27 @@ class ListenerMixer:
         self.translated_underruns += 1
         self._empty_pulls = self._empty_pulls + 1 if real == 0 else 0
         if self._empty_pulls >= STREAM_PAUSE_FRAMES:
-            self._gap_debt = 0
-            self._in_gap_run = False
+            self._gap_debt = self._gap_run_frames = 0
             self._decay_headroom()
             return
         self._pulls_without_gap = 0
-        self._in_gap_run = True
+        self._gap_run_frames += 1
         self._gap_debt = min(
             self._gap_debt + SAMPLES_PER_FRAME - real,
             int(MAX_GAP_DEBT_S * OUTPUT_RATE),
         )
 
     def _end_gap_run(self) -> None:
-        """Grow the headroom to the debt after a run of short frames, in frames."""
-        if not self._in_gap_run:
+        """Count a run of short frames that the stream ended, and grow the
+        headroom to the debt, in whole frames."""
+        if self._gap_run_frames == 0:
             return
+        self.gap_frames += self._gap_run_frames
+        metrics.translated_gaps.inc(self._gap_run_frames)
+        self._gap_run_frames = 0
         frames = -(-self._gap_debt // SAMPLES_PER_FRAME)
-        limit = int(MAX_HEADROOM_S * OUTPUT_RATE)
-        self.headroom = min(max(self.headroom, frames * SAMPLES_PER_FRAME), limit)
-        self._in_gap_run = False
+        needed = frames * SAMPLES_PER_FRAME
+        self.headroom = min(max(self.headroom, needed), self.max_headroom)
 
     def _decay_headroom(self) -> None:
         self._pulls_without_gap += 1

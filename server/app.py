@@ -139,6 +139,7 @@ async def _translation_context(app: web.Application) -> AsyncIterator[None]:
             max_calls=settings.max_calls,
             max_call_s=settings.max_call_s,
             daily_budget_s=settings.daily_budget_min * 60,
+            playout_headroom_s=settings.playout_headroom_ms / 1000,
         ),
         cluster=cluster,
     )

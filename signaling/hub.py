@@ -15,6 +15,7 @@ from media import metrics
 from media.engines.base import Engine
 from media.languages import normalize_language
 from media.logcontext import call_id_var, participant_id_var
+from media.outbound import MAX_HEADROOM_S, ListenerMixer
 from media.peer import MediaLeg
 from media.sdp import BadSdp
 from signaling import messages
@@ -42,6 +43,7 @@ class HubConfig:
     max_call_s: float = 7200.0
     # Translated call seconds per client IP per day; 0 turns the budget off.
     daily_budget_s: float = 0.0
+    playout_headroom_s: float = MAX_HEADROOM_S
 
 
 class Hub:
@@ -103,6 +105,7 @@ class Hub:
             room=message.room,
             hear_original=message.hear_original,
             outbox=outbox,
+            mixer=ListenerMixer(max_headroom_s=self.config.playout_headroom_s),
         )
         participant_id_var.set(participant.id)
         if self.cluster is not None and not self.cluster.healthy:
@@ -191,6 +194,7 @@ class Hub:
             room=entry.room,
             hear_original=entry.hear_original,
             outbox=outbox,
+            mixer=ListenerMixer(max_headroom_s=self.config.playout_headroom_s),
         )
         participant_id_var.set(participant.id)
         await self._register(participant)

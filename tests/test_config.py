@@ -31,6 +31,7 @@ def test_settings_defaults() -> None:
     assert settings.caption_final_ms == 1000
     assert settings.ice_servers == ()
     assert settings.translation_enabled is False
+    assert settings.playout_headroom_ms == 200
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,7 @@ def test_settings_defaults() -> None:
         ("CORS_ORIGINS", "ftp://x", "invalid origin 'ftp://x'"),
         ("CORS_ORIGINS", "http://x:99999", "invalid origin 'http://x:99999'"),
         ("CORS_ORIGINS", "https://a.example/path", "invalid origin"),
+        ("PLAYOUT_HEADROOM_MS", "1001", "expected an integer from 0 to 1000"),
     ],
 )
 def test_settings_invalid_value(name: str, value: str, expected: str) -> None:

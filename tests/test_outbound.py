@@ -130,6 +130,19 @@ def make_late_gap(mixer: ListenerMixer) -> None:
     assert not mixer.pull_frame().any()
 
 
+def test_mixer_without_headroom_takes_gap_back() -> None:
+    """With no headroom allowed, a gap is taken back from the next zeros."""
+    mixer = ListenerMixer(max_headroom_s=0)
+    mixer.set_original_mode("off")
+    make_late_gap(mixer)
+    mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
+    mixer.push_translated(tone(0.2))
+    # The 10 frames of zeros play as 8: the 2 late frames are taken back.
+    assert frames_until_sound(mixer, 12) == 9
+    assert mixer.silent_frames_skipped == 2
+    assert mixer.gap_frames == 2
+
+
 def test_mixer_keeps_gap_as_headroom() -> None:
     """A late delta's gap stays as headroom against the next late one."""
     mixer = ListenerMixer()
@@ -141,6 +154,7 @@ def test_mixer_keeps_gap_as_headroom() -> None:
     assert frames_until_sound(mixer, 12) == 11
     assert mixer.silent_frames_skipped == 0
     assert mixer.headroom == 2 * SAMPLES_PER_FRAME
+    assert mixer.gap_frames == 2
 
 
 def test_mixer_takes_headroom_back_from_silence() -> None:
@@ -189,7 +203,7 @@ def live_gaps(jitter_frames: int, seconds: int = 60) -> tuple[int, ListenerMixer
             mixer.push_translated(chunks[pushed])
             pushed += 1
         mixer.pull_frame()
-    return mixer.translated_underruns, mixer
+    return mixer.gap_frames, mixer
 
 
 def test_mixer_absorbs_jittery_deltas() -> None:
@@ -247,6 +261,9 @@ def test_mixer_forgets_gaps_after_pause() -> None:
     mixer.push_translated(tone(0.1))
     assert frames_until_sound(mixer, 12) == 11
     assert mixer.silent_frames_skipped == 0
+    # A pause is not a gap: it neither counts nor leaves headroom.
+    assert mixer.gap_frames == 0
+    assert mixer.headroom == 0
 
 
 def test_mixer_never_skips_speech() -> None:

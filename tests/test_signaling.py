@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
+from media.audio import SAMPLES_PER_FRAME
 from tests.conftest import RunningServer, ServerFactory
 from tests.support.peer import SignalingClient
 
@@ -303,3 +304,15 @@ async def test_health_and_status(server: RunningServer) -> None:
     assert status["dependencies"]["upstream"]["state"] == "off"
     assert status["dependencies"]["turn"] == {"state": "off"}
     assert status["tls"] is False
+
+
+async def test_playout_headroom_setting_reaches_mixer(
+    start_server: ServerFactory, clients: list[SignalingClient]
+) -> None:
+    server = await start_server(PLAYOUT_HEADROOM_MS="40")
+    client = await SignalingClient.connect(server.ws_url)
+    clients.append(client)
+    await client.send({"type": "join", "language": "en"})
+    joined = await client.expect("joined", TIMEOUT)
+    participant = server.hub.participants[joined["participant_id"]]
+    assert participant.mixer.max_headroom == 2 * SAMPLES_PER_FRAME
