@@ -29,6 +29,8 @@ from bench.steps import (
 from tests.support.speech import speech_sample
 
 FAKE_CALIBRATION_MARKERS = 6
+FRAMES_SENT = "callbridge_audio_frames_sent_total"
+GAP_FRAMES = "callbridge_translated_gap_frames_total"
 # Before each step, wait (up to QUIET_WAIT_S) until both cores are less busy
 # than this, so other work on a shared machine disturbs fewer steps.
 QUIET_BUSY_PERCENT = 30.0
@@ -140,6 +142,10 @@ async def measured_step(
             fake_pid=bench.fake.pid if kind != "baseline" else None,
             during_window=hook if during_window else None,
         )
+        if kind != "baseline":
+            counters = await services.read_counters(target)
+            step.server_frames_sent = int(counters.get(FRAMES_SENT, 0))
+            step.server_gap_frames = int(counters.get(GAP_FRAMES, 0))
     finally:
         status = await services.stop(target)
         if status not in (0, None):
@@ -154,7 +160,9 @@ def describe(step: StepResult) -> str:
         f"  done: latency p50 {step.latency_ms(0.5):.0f} ms, p95 "
         f"{step.latency_ms(0.95):.0f} ms, markers {step.markers_found}/"
         f"{step.markers_sent}, underruns {step.underruns}, server CPU "
-        f"{step.server_cpu_percent:.0f} %, RSS {step.server_rss_idle_mb:.0f} → "
+        f"{step.server_cpu_percent:.0f} %, translated gap frames "
+        f"{step.server_gap_frames}/{step.server_frames_sent}, "
+        f"RSS {step.server_rss_idle_mb:.0f} → "
         f"{step.server_rss_peak_mb:.0f} MB, generator CPU "
         f"{step.generator_cpu_percent:.0f} %"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,21 @@ async def _spawn(
             stdout=asyncio.subprocess.PIPE if stdout_pipe else log,
             stderr=log,
         )
+
+
+async def read_counters(service: Service) -> dict[str, float]:
+    """Return the server's Prometheus counters without labels, by sample name."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{service.http_url}/metrics") as response,
+    ):
+        text = await response.text()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
 async def _wait_healthy(service: Service) -> None:

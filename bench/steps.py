@@ -107,6 +107,9 @@ class StepResult:
     background_busy_percent: list[float] = field(default_factory=list)
     """Busy percent of the server's and the load's core just before the step."""
     log_problems: dict[str, int] = field(default_factory=dict)
+    server_frames_sent: int = 0
+    server_gap_frames: int = 0
+    """Frames the server sent short because translated speech came late."""
 
     @property
     def underruns(self) -> int:

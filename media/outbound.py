@@ -43,12 +43,14 @@ MAX_GAP_DEBT_S = 1.0
 MAX_SILENT_FRAMES_SKIPPED = 4
 STREAM_PAUSE_FRAMES = 10
 # Part of the debt is kept as headroom against the next late delta, as a
-# jitter buffer adapts its delay. After a run of short frames the headroom
-# grows to the debt, up to the mixer's maximum (PLAYOUT_HEADROOM_MS, by default
-# MAX_HEADROOM_S). Each HEADROOM_DECAY_FRAMES without a gap it shrinks by one
-# frame, and that frame is then taken back.
+# jitter buffer adapts its delay. After a run of short frames that follows
+# another within RECURRING_GAP_FRAMES, the headroom grows to the debt, up to
+# the mixer's maximum (PLAYOUT_HEADROOM_MS, by default MAX_HEADROOM_S). Each
+# HEADROOM_DECAY_FRAMES without a gap it shrinks by one frame, and that frame
+# is then taken back.
 MAX_HEADROOM_S = 0.2
 HEADROOM_DECAY_FRAMES = 500
+RECURRING_GAP_FRAMES = 500
 # The original voice is live. Its queue absorbs bursts from the inbound
 # jitter buffer up to ORIGINAL_CAPACITY_S, but a backlog above
 # ORIGINAL_TARGET_S that lasts ORIGINAL_TRIM_AFTER_FRAMES pulls is cut back,
@@ -155,6 +157,8 @@ class ListenerMixer:
         self._gap_debt = 0
         # Short frames pulled in a row, the current run of gaps.
         self._gap_run_frames = 0
+        # frames_pulled when the last run of gaps ended.
+        self._last_gap_run_at: int | None = None
         self._pulls_without_gap = 0
         self._empty_pulls = 0
         self._original_backlog_frames = 0
@@ -179,6 +183,7 @@ class ListenerMixer:
         self.translated.clear()
         self.original.clear()
         self.headroom = self._gap_debt = self._gap_run_frames = 0
+        self._last_gap_run_at = None
 
     def pull_frame(self) -> Pcm:
         self.frames_pulled += 1
@@ -229,13 +234,18 @@ class ListenerMixer:
         )
 
     def _end_gap_run(self) -> None:
-        """Count a run of short frames that the stream ended, and grow the
-        headroom to the debt, in whole frames."""
+        """Count a run of short frames that the stream ended and, when runs
+        recur, grow the headroom to the debt in whole frames."""
         if self._gap_run_frames == 0:
             return
         self.gap_frames += self._gap_run_frames
         metrics.translated_gaps.inc(self._gap_run_frames)
         self._gap_run_frames = 0
+        previous, self._last_gap_run_at = self._last_gap_run_at, self.frames_pulled
+        if previous is None or self.frames_pulled - previous > RECURRING_GAP_FRAMES:
+            # A lone gap, such as the second chunk of a phrase coming a little
+            # late, is taken back as before.
+            return
         frames = -(-self._gap_debt // SAMPLES_PER_FRAME)
         needed = frames * SAMPLES_PER_FRAME
         self.headroom = min(max(self.headroom, needed), self.max_headroom)
