@@ -244,7 +244,7 @@ class ListenerMixer:
         previous, self._last_gap_run_at = self._last_gap_run_at, self.frames_pulled
         if previous is None or self.frames_pulled - previous > RECURRING_GAP_FRAMES:
             # A lone gap, such as the second chunk of a phrase coming a little
-            # late, is taken back as before.
+            # late, is taken back, so that it adds no lasting delay.
             return
         frames = -(-self._gap_debt // SAMPLES_PER_FRAME)
         needed = frames * SAMPLES_PER_FRAME
