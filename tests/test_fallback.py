@@ -154,22 +154,27 @@ async def test_failed_probe_waits_for_next_try(
     assert len(fake_openai.sessions) == 1
 
 
-async def fall_back_with_utterance(
+async def recover_after_utterance(
     fake_openai: FakeOpenAI, client: AsyncOpenAI, policy: FallbackPolicy
-) -> tuple[FallbackSession, Recorder, PipelineSession]:
-    """Move a session to the pipeline and give it one utterance to translate."""
+) -> tuple[Recorder, PipelineSession]:
+    """Move a session to the pipeline, give it one utterance to translate, and
+    wait until the realtime engine has taken over again."""
     fake_openai.reject_connects(policy.connect_failures, 500)
     session, recorder = await open_session(client, policy)
-    await fake_openai.wait_for(lambda: session.fallbacks == 1, timeout=TIMEOUT_S)
-    assert session.secondary is not None
-    pipeline = session.secondary.session
-    assert isinstance(pipeline, PipelineSession)
-    word = resample(short_word(VAD_RATE), VAD_RATE, session.input_rate)
-    session.push(silence(0.3, session.input_rate))
-    session.push(word)
-    session.push(silence(1.0, session.input_rate))
-    assert pipeline.busy
-    return session, recorder, pipeline
+    try:
+        await fake_openai.wait_for(lambda: session.fallbacks == 1, timeout=TIMEOUT_S)
+        assert session.secondary is not None
+        pipeline = session.secondary.session
+        assert isinstance(pipeline, PipelineSession)
+        word = resample(short_word(VAD_RATE), VAD_RATE, session.input_rate)
+        session.push(silence(0.3, session.input_rate))
+        session.push(word)
+        session.push(silence(1.0, session.input_rate))
+        assert pipeline.busy
+        await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
+    finally:
+        await session.close()
+    return recorder, pipeline
 
 
 async def test_switch_back_waits_for_speech_in_flight(
@@ -179,13 +184,7 @@ async def test_switch_back_waits_for_speech_in_flight(
     # so the probe, tried 0.3 s after the move, is ready while it still works.
     fake_openai.rest.speech_chunk_delay_s = 0.05
     policy = FallbackPolicy(connect_failures=2, after_s=60, retry_primary_s=0.3)
-    session, recorder, pipeline = await fall_back_with_utterance(
-        fake_openai, client, policy
-    )
-    try:
-        await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
-    finally:
-        await session.close()
+    recorder, pipeline = await recover_after_utterance(fake_openai, client, policy)
     assert pipeline.spoken_utterances == 1
     assert pipeline.failed_utterances == 0
     upload = fake_openai.rest.upload(1)
@@ -202,13 +201,7 @@ async def test_switch_back_waits_at_most_handover_wait(
     policy = FallbackPolicy(
         connect_failures=2, after_s=60, retry_primary_s=0.3, handover_wait_s=0.5
     )
-    session, recorder, pipeline = await fall_back_with_utterance(
-        fake_openai, client, policy
-    )
-    try:
-        await fake_openai.wait_for(lambda: session.recoveries == 1, timeout=TIMEOUT_S)
-    finally:
-        await session.close()
+    recorder, pipeline = await recover_after_utterance(fake_openai, client, policy)
     assert pipeline.spoken_utterances == 0
     assert recorder.samples().size == 0
     assert "its speech in flight is dropped" in caplog.text
