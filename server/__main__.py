@@ -18,7 +18,7 @@ from server.config import (
     Settings,
     SettingsError,
     env_example,
-    unknown_names,
+    env_file_warnings,
 )
 from server.logs import configure_logging
 from server.tls import (
@@ -79,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    for name in unknown_names(env_file):
-        logger.warning(
-            "%s sets %s, which is not a setting (see --help)", env_file, name
-        )
+    for warning in env_file_warnings(env_file):
+        logger.warning("%s", warning)
     with tempfile.TemporaryDirectory(prefix="callbridge-tls-") as folder:
         try:
             ssl_context = tls_context(settings, Path(folder))
@@ -169,7 +167,18 @@ async def serve(settings: Settings, ssl_context: ssl.SSLContext | None = None) -
         await site.start()
         scheme = "https" if ssl_context is not None else "http"
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        logger.info("listening on %s://%s:%d", scheme, host, settings.port)
+        if settings.host in ("0.0.0.0", "::"):
+            logger.info(
+                "listening on %s://%s:%d on every interface; on this machine, "
+                "open %s://localhost:%d/",
+                scheme,
+                host,
+                settings.port,
+                scheme,
+                settings.port,
+            )
+        else:
+            logger.info("listening on %s://%s:%d", scheme, host, settings.port)
         await stop.wait()
         # A task of its own, so the call ids that draining puts in the log
         # context do not stay on the lines logged after it.

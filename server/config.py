@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 T = TypeVar("T")
 
@@ -516,23 +518,54 @@ assert {s.name.lower() for s in SETTINGS_HELP} == {f.name for f in fields(Settin
 )
 
 
+class _WithoutParseWarnings(logging.Filter):
+    """A logging filter that drops python-dotenv's own warning about a line it
+    cannot parse, because env_file_warnings reports it once, after logging is
+    set up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "could not parse" not in record.getMessage()
+
+
 def read_env_file(env_file: Path | None) -> dict[str, str]:
     """Return the variables that `env_file` sets; none when there is no file."""
     if env_file is None or not env_file.is_file():
         return {}
+    dotenv_logger = logging.getLogger("dotenv.main")
+    quiet = _WithoutParseWarnings()
+    dotenv_logger.addFilter(quiet)
     try:
         values = dotenv_values(env_file, encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(
             f"{env_file} could not be read as UTF-8 text: {exc}"
         ) from None
+    finally:
+        dotenv_logger.removeFilter(quiet)
     return {key: value for key, value in values.items() if value is not None}
 
 
-def unknown_names(env_file: Path | None) -> list[str]:
-    """Return the names in `env_file` that are not settings, such as typos."""
+def env_file_warnings(env_file: Path | None) -> list[str]:
+    """Return a warning for each line of `env_file` that is ignored: one that
+    cannot be parsed, or one that sets a name that is not a setting."""
+    if env_file is None or not env_file.is_file():
+        return []
     known = {setting.name for setting in SETTINGS_HELP}
-    return sorted(set(read_env_file(env_file)) - known)
+    warnings = []
+    with env_file.open(encoding="utf-8") as stream:
+        for binding in parse_stream(stream):
+            if binding.error:
+                # The line itself may contain a secret, so only its number is shown.
+                warnings.append(
+                    f"{env_file} line {binding.original.line} could not be parsed "
+                    "and is ignored: expected NAME=VALUE"
+                )
+            elif binding.key is not None and binding.key not in known:
+                warnings.append(
+                    f"{env_file} sets {binding.key}, which is not a setting "
+                    "(see --help)"
+                )
+    return warnings
 
 
 def env_example() -> str:

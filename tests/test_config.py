@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from server.config import (
     Settings,
     SettingsError,
     env_example,
-    unknown_names,
+    env_file_warnings,
 )
-from tests.support.services import ROOT, run_server_to_exit
+from tests.support.netns import assert_loopback_only
+from tests.support.services import ROOT, free_port, run_server_to_exit
 
 
 def test_settings_defaults() -> None:
@@ -232,9 +234,13 @@ def test_range_error_has_no_exponent() -> None:
     )
 
 
-def test_unknown_names_in_env_file_are_warned(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("PROT=4000\nHOST=127.0.0.1\n")
-    assert unknown_names(tmp_path / ".env") == ["PROT"]
+def test_ignored_env_file_lines_are_warned_once(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PROT=4000\nnot valid sk-secret\nHOST=127.0.0.1\n")
+    assert env_file_warnings(tmp_path / ".env") == [
+        f"{tmp_path / '.env'} sets PROT, which is not a setting (see --help)",
+        f"{tmp_path / '.env'} line 2 could not be parsed and is ignored: "
+        "expected NAME=VALUE",
+    ]
     # A port in use makes the server stop right after its start-up warnings.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -243,6 +249,10 @@ def test_unknown_names_in_env_file_are_warned(tmp_path: Path) -> None:
         result = run_server_to_exit(cwd=tmp_path, env={"PORT": port})
     assert result.returncode == 1
     assert ".env sets PROT, which is not a setting (see --help)" in result.stderr
+    # Once, from the server: python-dotenv's own warning is left out.
+    assert result.stderr.count("could not be parsed") == 1
+    assert "could not parse" not in result.stderr
+    assert "sk-secret" not in result.stderr
     assert "HOST" not in result.stderr.split("cannot listen")[0]
 
 
@@ -264,3 +274,30 @@ def test_env_file_not_utf8_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: .env could not be read as UTF-8 text")
+
+
+def test_listening_on_every_interface_names_localhost(tmp_path: Path) -> None:
+    # The server binds 0.0.0.0 here, which must reach loopback only.
+    assert_loopback_only()
+    port = str(free_port())
+    log_file = tmp_path / "server.log"
+    expected = (
+        f"listening on http://0.0.0.0:{port} on every interface; on this machine, "
+        f"open http://localhost:{port}/"
+    )
+    with log_file.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            cwd=tmp_path,
+            env={"PYTHONPATH": str(ROOT), "HOST": "0.0.0.0", "PORT": port},
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while expected not in log_file.read_text() and time.monotonic() < deadline:
+            assert server.poll() is None, log_file.read_text()
+            time.sleep(0.05)
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    assert expected in log_file.read_text()
