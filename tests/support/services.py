@@ -4,6 +4,7 @@ processes, and runs of the call server to its exit."""
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,9 @@ from aioice import stun, turn
 from redis.exceptions import RedisError
 
 START_TIMEOUT_S = 10.0
+FIXED_PORT_LOW = 20000
+START_ATTEMPTS = 2
+FIXED_PORT_ATTEMPTS = 200
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,6 +35,41 @@ def run_server_to_exit(
         timeout=60,
         check=False,
     )
+
+
+def fixed_port(count: int = 1) -> int:
+    """Return the first of `count` consecutive ports that are free on 127.0.0.1
+    for both UDP and TCP, below the kernel's ephemeral range.
+
+    Every socket bound to port 0 gets an ephemeral port: servers under test,
+    aioice's candidates and outgoing connections. So none of them can take
+    this port before a program that needs a fixed one, such as coturn, binds
+    it.
+    """
+    try:
+        low_text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral_start = int(low_text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    generator = random.Random()
+    for _ in range(FIXED_PORT_ATTEMPTS):
+        first = generator.randrange(FIXED_PORT_LOW, ephemeral_start - count)
+        if all(_bindable(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(
+        f"no {count} free ports in a row between {FIXED_PORT_LOW} and "
+        f"{ephemeral_start} after {FIXED_PORT_ATTEMPTS} tries"
+    )
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def free_port() -> int:
@@ -120,8 +159,11 @@ class TurnServer(_Process):
         self._executable = executable
         self._folder = folder
         self.certificate = certificate
-        self.port = free_udp_port()
-        self.tls_port = free_port() if certificate else None
+        # coturn binds its listening ports for UDP and TCP, and while one is
+        # taken it retries without end ("Trying to bind ... again" in its
+        # log), so they come from outside the range that other sockets get.
+        self.port = fixed_port()
+        self.tls_port = fixed_port() if certificate else None
         self.log_file = folder / "turnserver.log"
 
     @property
@@ -147,6 +189,35 @@ class TurnServer(_Process):
             return ""
 
     async def start(self) -> None:
+        """Start coturn and wait for its response to a STUN binding request.
+
+        A start that does not answer within START_TIMEOUT_S is tried once
+        more on new ports; then RuntimeError carries the end of its log.
+        """
+        log = ""
+        for attempt in range(START_ATTEMPTS):
+            if attempt:
+                self.port = fixed_port()
+                self.tls_port = fixed_port() if self.certificate else None
+            await self._launch()
+            try:
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    while not await self._answers_binding():
+                        process = self._process
+                        if process is None or process.returncode is not None:
+                            raise RuntimeError(f"turnserver exited:\n{self.log()}")
+                        await asyncio.sleep(0.05)
+                return
+            except TimeoutError:
+                log = self.log()
+                await self.stop()
+        raise RuntimeError(
+            f"turnserver did not answer on 127.0.0.1:{self.port} within "
+            f"{START_TIMEOUT_S:.0f} s, {START_ATTEMPTS} times; end of its log:\n"
+            f"{log[-2000:]}"
+        )
+
+    async def _launch(self) -> None:
         if self.certificate is None:
             tls = ["--no-tls"]
         else:
@@ -180,11 +251,6 @@ class TurnServer(_Process):
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while not await self._answers_binding():
-                if self._process.returncode is not None:
-                    raise RuntimeError(f"turnserver exited:\n{self.log()}")
-                await asyncio.sleep(0.05)
 
     async def allocate(self, username: str, password: str) -> None:
         """Allocate a relay with these credentials, then free the socket.
