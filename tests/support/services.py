@@ -103,7 +103,7 @@ class RedisServer(_Process):
                 "redis-server is not installed; .ci/run installs it with apt-get"
             )
         self._executable = executable
-        self.port = free_port()
+        self.port = fixed_port()
 
     @property
     def url(self) -> str:
