@@ -34,7 +34,7 @@ from aioice.turn import make_integrity_key
 
 from server.config import SETTINGS_HELP
 from tests.support.certs import write_certificate
-from tests.support.services import fixed_port, free_port
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -565,7 +565,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnServer]:
     if executable is None:
         pytest.skip("turnserver (coturn) is not installed; .ci/run installs it")
     folder = tmp_path_factory.mktemp("coturn")
-    server = TurnServer(port=fixed_port(), log_file=folder / "turnserver.log")
+    server = TurnServer(port=free_port(), log_file=folder / "turnserver.log")
     command = [
         executable,
         "-c",

@@ -16,9 +16,9 @@ from aioice import stun, turn
 from redis.exceptions import RedisError
 
 START_TIMEOUT_S = 10.0
-FIXED_PORT_LOW = 20000
+FREE_PORT_LOW = 20000
 START_ATTEMPTS = 2
-FIXED_PORT_ATTEMPTS = 200
+FREE_PORT_ATTEMPTS = 200
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,14 +37,14 @@ def run_server_to_exit(
     )
 
 
-def fixed_port(count: int = 1) -> int:
-    """Return the first of `count` consecutive ports that are free on 127.0.0.1
-    for both UDP and TCP, below the kernel's ephemeral range.
+def free_port() -> int:
+    """Return a port that is free on 127.0.0.1 for both UDP and TCP, below
+    the kernel's ephemeral range, for a server that a test starts later.
 
     Every socket bound to port 0 gets an ephemeral port: servers under test,
     aioice's candidates and outgoing connections. So none of them can take
-    this port before a program that needs a fixed one, such as coturn, binds
-    it.
+    this port before the server binds it. That matters most for coturn,
+    which retries a taken port without end instead of exiting.
     """
     try:
         low_text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
@@ -52,13 +52,13 @@ def fixed_port(count: int = 1) -> int:
     except (OSError, ValueError, IndexError):
         ephemeral_start = 32768
     generator = random.Random()
-    for _ in range(FIXED_PORT_ATTEMPTS):
-        first = generator.randrange(FIXED_PORT_LOW, ephemeral_start - count)
-        if all(_bindable(port) for port in range(first, first + count)):
-            return first
+    for _ in range(FREE_PORT_ATTEMPTS):
+        port = generator.randrange(FREE_PORT_LOW, ephemeral_start)
+        if _bindable(port):
+            return port
     raise RuntimeError(
-        f"no {count} free ports in a row between {FIXED_PORT_LOW} and "
-        f"{ephemeral_start} after {FIXED_PORT_ATTEMPTS} tries"
+        f"no free port between {FREE_PORT_LOW} and {ephemeral_start} "
+        f"after {FREE_PORT_ATTEMPTS} tries"
     )
 
 
@@ -70,14 +70,6 @@ def _bindable(port: int) -> bool:
             except OSError:
                 return False
     return True
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Process:
@@ -103,7 +95,7 @@ class RedisServer(_Process):
                 "redis-server is not installed; .ci/run installs it with apt-get"
             )
         self._executable = executable
-        self.port = fixed_port()
+        self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -159,11 +151,10 @@ class TurnServer(_Process):
         self._executable = executable
         self._folder = folder
         self.certificate = certificate
-        # coturn binds its listening ports for UDP and TCP, and while one is
-        # taken it retries without end ("Trying to bind ... again" in its
-        # log), so they come from outside the range that other sockets get.
-        self.port = fixed_port()
-        self.tls_port = fixed_port() if certificate else None
+        # While a port is taken, coturn retries the bind without end
+        # ("Trying to bind ... again" in its log): see free_port.
+        self.port = free_port()
+        self.tls_port = free_port() if certificate else None
         self.log_file = folder / "turnserver.log"
 
     @property
@@ -197,8 +188,8 @@ class TurnServer(_Process):
         log = ""
         for attempt in range(START_ATTEMPTS):
             if attempt:
-                self.port = fixed_port()
-                self.tls_port = fixed_port() if self.certificate else None
+                self.port = free_port()
+                self.tls_port = free_port() if self.certificate else None
             await self._launch()
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
