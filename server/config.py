@@ -89,7 +89,7 @@ class Settings:
     vad_min_silence_ms: int = 500
     vad_min_speech_ms: int = 60
     max_utterance_s: float = 15.0
-    playout_headroom_ms: int = 200
+    playout_headroom_ms: int = 0
     upstream_timeout_s: float = 10.0
     upstream_max_retries: int = 2
     fallback_connect_failures: int = 3
@@ -266,7 +266,7 @@ class Settings:
             ),
             vad_min_silence_ms=get("VAD_MIN_SILENCE_MS", _int_range(100, 5000), 500),
             vad_min_speech_ms=get("VAD_MIN_SPEECH_MS", _int_range(0, 5000), 60),
-            playout_headroom_ms=get("PLAYOUT_HEADROOM_MS", _int_range(0, 1000), 200),
+            playout_headroom_ms=get("PLAYOUT_HEADROOM_MS", _int_range(0, 1000), 0),
             max_utterance_s=get("MAX_UTTERANCE_S", _float_range(2, 120), 15.0),
             upstream_timeout_s=get("UPSTREAM_TIMEOUT_S", _float_range(0.1, 600), 10.0),
             upstream_max_retries=get("UPSTREAM_MAX_RETRIES", _int_range(0, 10), 2),
@@ -469,10 +469,11 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     ),
     Setting(
         "PLAYOUT_HEADROOM_MS",
-        "200",
-        "most of the gap a late translated chunk leaves that the listener's "
-        "queue keeps against the next late one; 0 takes every gap back at the "
-        "next silence",
+        "0",
+        "most of the gaps that recurring late translated chunks leave that the "
+        "listener's queue keeps against the next late one, for fewer gaps at a "
+        "higher delay (200 is a start); 0 takes every gap back at the next "
+        "silence",
         "milliseconds",
     ),
     Setting(

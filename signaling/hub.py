@@ -15,7 +15,7 @@ from media import metrics
 from media.engines.base import Engine
 from media.languages import normalize_language
 from media.logcontext import call_id_var, participant_id_var
-from media.outbound import MAX_HEADROOM_S, ListenerMixer
+from media.outbound import ListenerMixer
 from media.peer import MediaLeg
 from media.sdp import BadSdp
 from signaling import messages
@@ -43,7 +43,7 @@ class HubConfig:
     max_call_s: float = 7200.0
     # Translated call seconds per client IP per day; 0 turns the budget off.
     daily_budget_s: float = 0.0
-    playout_headroom_s: float = MAX_HEADROOM_S
+    playout_headroom_s: float = 0.0
 
 
 class Hub:

@@ -33,7 +33,7 @@ def test_settings_defaults() -> None:
     assert settings.caption_final_ms == 1000
     assert settings.ice_servers == ()
     assert settings.translation_enabled is False
-    assert settings.playout_headroom_ms == 200
+    assert settings.playout_headroom_ms == 0
 
 
 @pytest.mark.parametrize(
