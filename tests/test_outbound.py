@@ -7,6 +7,7 @@ import time
 
 import av
 import numpy as np
+import pytest
 
 from media.audio import OUTPUT_RATE, SAMPLES_PER_FRAME, TIME_BASE
 from media.outbound import (
@@ -147,31 +148,29 @@ def test_mixer_takes_lone_gap_back() -> None:
     assert mixer.headroom == 0
 
 
-def test_mixer_keeps_recurring_gaps_as_headroom() -> None:
-    """A second gap soon after the first stays as headroom against the next."""
-    mixer = ListenerMixer(max_headroom_s=HEADROOM_S)
+@pytest.mark.parametrize(
+    ("max_headroom_s", "first_sound", "skipped", "headroom_frames"),
+    [
+        # By default both gaps are taken back from the 10 frames of zeros.
+        (0.0, 10 - 4 + 1, 4, 0),
+        # With headroom the zeros all play, and the stream stays 80 ms behind.
+        (HEADROOM_S, 11, 0, 4),
+    ],
+)
+def test_mixer_recurring_gaps(
+    max_headroom_s: float, first_sound: int, skipped: int, headroom_frames: int
+) -> None:
+    """A second gap soon after the first stays as headroom, when allowed."""
+    mixer = ListenerMixer(max_headroom_s=max_headroom_s)
     mixer.set_original_mode("off")
     make_late_gap(mixer)
     make_late_gap(mixer)
     mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
     mixer.push_translated(tone(0.2))
-    # The 10 frames of zeros all play: the stream stays 80 ms behind.
-    assert frames_until_sound(mixer, 12) == 11
-    assert mixer.silent_frames_skipped == 0
-    assert mixer.headroom == 4 * SAMPLES_PER_FRAME
+    assert frames_until_sound(mixer, 12) == first_sound
+    assert mixer.silent_frames_skipped == skipped
+    assert mixer.headroom == headroom_frames * SAMPLES_PER_FRAME
     assert mixer.gap_frames == 4
-
-
-def test_mixer_by_default_takes_gaps_back() -> None:
-    mixer = ListenerMixer()
-    mixer.set_original_mode("off")
-    make_late_gap(mixer)
-    make_late_gap(mixer)
-    mixer.push_translated(np.zeros(OUTPUT_RATE // 5, dtype=np.int16))
-    mixer.push_translated(tone(0.2))
-    assert frames_until_sound(mixer, 12) == 10 - 4 + 1
-    assert mixer.silent_frames_skipped == 4
-    assert mixer.headroom == 0
 
 
 def test_mixer_takes_headroom_back_from_silence() -> None:
