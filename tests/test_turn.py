@@ -29,7 +29,7 @@ from tests.conftest import RunningServer, ServerFactory
 from tests.support.certs import write_certificate
 from tests.support.netns import assert_loopback_only
 from tests.support.peer import ClientPeer, SignalingClient, join_and_connect
-from tests.support.services import TurnServer, free_udp_port
+from tests.support.services import TurnServer, free_port
 
 TIMEOUT = 10.0
 STUN_URL = "stun:127.0.0.1:3478"
@@ -331,7 +331,7 @@ async def test_unreachable_turn_server_is_logged(
     """Media still connects directly, and the log explains the slow answers."""
     assert_loopback_only()
     server = await start_server(
-        TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",
+        TURN_URLS=f"turn:127.0.0.1:{free_port()}?transport=udp",
         TURN_SECRET=TurnServer.secret,
     )
     before = await relay_missing_count(server)
@@ -357,7 +357,7 @@ def open_server_peers() -> int:
 async def start_with_slow_answers(start_server: ServerFactory) -> RunningServer:
     """A server whose answers take about 5 s: its TURN server never responds."""
     return await start_server(
-        TURN_URLS=f"turn:127.0.0.1:{free_udp_port()}?transport=udp",
+        TURN_URLS=f"turn:127.0.0.1:{free_port()}?transport=udp",
         TURN_SECRET=TurnServer.secret,
     )
 

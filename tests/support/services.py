@@ -151,11 +151,16 @@ class TurnServer(_Process):
         self._executable = executable
         self._folder = folder
         self.certificate = certificate
+        self.port = 0
+        self.tls_port: int | None = None
+        self._choose_ports()
+        self.log_file = folder / "turnserver.log"
+
+    def _choose_ports(self) -> None:
         # While a port is taken, coturn retries the bind without end
         # ("Trying to bind ... again" in its log): see free_port.
         self.port = free_port()
-        self.tls_port = free_port() if certificate else None
-        self.log_file = folder / "turnserver.log"
+        self.tls_port = free_port() if self.certificate else None
 
     @property
     def url(self) -> str:
@@ -182,14 +187,13 @@ class TurnServer(_Process):
     async def start(self) -> None:
         """Start coturn and wait for its response to a STUN binding request.
 
-        A start that does not answer within START_TIMEOUT_S is tried once
-        more on new ports; then RuntimeError carries the end of its log.
+        A start without a response within START_TIMEOUT_S is tried once more
+        on new ports. After that, RuntimeError carries the end of its log.
         """
         log = ""
         for attempt in range(START_ATTEMPTS):
             if attempt:
-                self.port = free_port()
-                self.tls_port = free_port() if self.certificate else None
+                self._choose_ports()
             await self._launch()
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
@@ -203,8 +207,8 @@ class TurnServer(_Process):
                 log = self.log()
                 await self.stop()
         raise RuntimeError(
-            f"turnserver did not answer on 127.0.0.1:{self.port} within "
-            f"{START_TIMEOUT_S:.0f} s, {START_ATTEMPTS} times; end of its log:\n"
+            f"turnserver start timed out {START_ATTEMPTS} times: no response on "
+            f"127.0.0.1:{self.port} within {START_TIMEOUT_S:.0f} s; end of its log:\n"
             f"{log[-2000:]}"
         )
 
@@ -276,11 +280,3 @@ class TurnServer(_Process):
             except (OSError, TimeoutError):
                 return False
         return stun.parse_message(reply).transaction_id == request.transaction_id
-
-
-def free_udp_port() -> int:
-    """Return a UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
