@@ -47,8 +47,8 @@ STREAM_PAUSE_FRAMES = 10
 # delay. After a run of short frames that follows another within
 # RECURRING_GAP_FRAMES, the headroom grows to the debt, up to that maximum.
 # Each HEADROOM_DECAY_FRAMES without a gap it shrinks by one frame, and that
-# frame is then taken back. Off by default because the benchmark measured
-# 40 to 50 ms more at p95 for few fewer gaps (BENCHMARKS.md).
+# frame is then taken back. It is off by default, because in the benchmark it
+# added 40 to 50 ms at p95 and removed few gaps (BENCHMARKS.md).
 HEADROOM_DECAY_FRAMES = 500
 RECURRING_GAP_FRAMES = 500
 # The original voice is live. Its queue absorbs bursts from the inbound

@@ -196,11 +196,11 @@ def test_mixer_takes_headroom_back_from_silence() -> None:
     assert mixer.silent_frames_skipped == 4
 
 
-def live_gaps(jitter_frames: int, seconds: int = 60) -> tuple[int, ListenerMixer]:
+def play_jittery_chunks(jitter_frames: int, seconds: int = 60) -> ListenerMixer:
     """Play phrases of tone and zeros that arrive as 200 ms chunks.
 
-    Each chunk comes up to `jitter_frames` late at random. Returns how many
-    frames went out short, and the mixer.
+    Each chunk comes up to `jitter_frames` late at random. Returns the mixer,
+    whose gap_frames counts the frames that went out short.
     """
     rng = np.random.default_rng(7)
     mixer = ListenerMixer(max_headroom_s=HEADROOM_S)
@@ -220,15 +220,15 @@ def live_gaps(jitter_frames: int, seconds: int = 60) -> tuple[int, ListenerMixer
             mixer.push_translated(chunks[pushed])
             pushed += 1
         mixer.pull_frame()
-    return mixer.gap_frames, mixer
+    return mixer
 
 
 def test_mixer_absorbs_jittery_deltas() -> None:
     # Up to 60 ms late: without headroom 179 of the 3,000 frames in this
     # minute went out short. With it, only the first chunks and the probes
     # after each decay leave a gap.
-    gaps, mixer = live_gaps(jitter_frames=3)
-    assert gaps <= 16
+    mixer = play_jittery_chunks(jitter_frames=3)
+    assert mixer.gap_frames <= 16
     assert mixer.headroom == 3 * SAMPLES_PER_FRAME
 
 

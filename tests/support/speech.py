@@ -243,7 +243,7 @@ def best_alignment(
     if inside:
         if len(r) < len(s):
             raise ValueError("cannot align inside: received is shorter than sent")
-        # Index len(s) - 1 is lag 0; the last lag inside is len(r) - len(s).
+        # Index len(s) - 1 is lag 0, and the last lag inside is len(r) - len(s).
         correlations = correlations[len(s) - 1 : len(r)]
         coarse_lag = int(np.argmax(correlations))
     else:
@@ -355,7 +355,7 @@ def segment_matches(
 def heard_share(sent: Samples, received: Samples, rate: int) -> tuple[float, float]:
     """Return (lag in seconds, share of speech pieces matched) of sent in received.
 
-    The lag is best_alignment's; a piece matches when its own peak within
+    The lag is best_alignment's. A piece matches when its own peak within
     MAX_DRIFT_S of that lag is above MATCH_CORRELATION.
     """
     lag_s, _ = best_alignment(sent, received, rate)
